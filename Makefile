@@ -1,0 +1,54 @@
+# Two commands set everything up on a fresh machine and run:
+#   make demo    sample videos -> patch tokens -> pictures in demo_out/
+#   make test    the whole test suite (CPU; CUDA kernels in Numba's simulator)
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+EXTRAS ?= test,demo
+VIDEOS ?=
+OUT ?= demo_out
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cps_ray-installed
+
+.PHONY: setup ffmpeg demo test bench lint clean
+
+setup: ffmpeg $(STAMP)
+
+# FFmpeg's shared libraries (torchcodec loads them) and the ffmpeg CLI (tests
+# and the demo make their media with it) come from the system's packages.
+ffmpeg:
+	@if command -v ffmpeg >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libavcodec\.so\.'; then \
+		exit 0; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing FFmpeg from the system's packages (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	else \
+		echo "FFmpeg is missing: install the ffmpeg CLI and its shared libraries" \
+		     "(Debian/Ubuntu: sudo apt-get install ffmpeg; macOS: brew install ffmpeg), then rerun make." >&2; \
+		exit 1; \
+	fi
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	@touch $@
+
+demo: setup
+	$(BIN)/cps-ray demo --out $(OUT) $(if $(VIDEOS),--videos $(VIDEOS),)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS),bench]"
+	$(BIN)/python benchmark/benchmark_select.py --json benchmark/out/select_cpu.json
+
+lint: setup
+	$(BIN)/python -m pip install -q ruff
+	$(BIN)/ruff check cps_ray tests benchmark jobs
+	$(BIN)/ruff format --check cps_ray tests benchmark jobs
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

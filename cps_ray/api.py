@@ -1,0 +1,189 @@
+"""In-process API: :func:`decode_only`, :func:`patch_stream` and the
+:class:`PatchStream` session."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import DecodeConfig, PatchStreamConfig, ResolvedBackends, resolve_backends
+from .decode import VideoFrames, decode_frames, default_ffmpeg_threads
+from .errors import ConfigError, SessionClosedError
+from .select import select_patches
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What :func:`decode_only` returns.
+
+    frames: uint8 ``[T, 3, H, W]`` on ``decode_device`` (``H = W = input_size``
+    when it is set). frame_indices: int64 ``[T]``. timestamps: float64 ``[T]``
+    seconds. decode_backend: the resolved ``"cpu"``/``"gpu"``.
+    num_frames: frames in the video. route: how they were found (see
+    :mod:`cps_ray.decode`). decode_seconds: wall time of the decode.
+    """
+
+    path: str
+    frames: torch.Tensor
+    frame_indices: torch.Tensor
+    timestamps: torch.Tensor
+    decode_backend: str
+    decode_device: str
+    num_frames: int
+    route: str
+    decode_seconds: float
+
+
+def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) -> DecodeResult:
+    path = config.require_path()
+    start = time.perf_counter()
+    out: VideoFrames = decode_frames(
+        path,
+        sequence_length=config.sequence_length,
+        uniform_strategy=config.uniform_strategy,
+        input_size=config.input_size,
+        device=resolved.decode_device,
+        num_threads=num_threads,
+    )
+    return DecodeResult(
+        path=path,
+        frames=out.frames,
+        frame_indices=out.frame_indices,
+        timestamps=out.timestamps,
+        decode_backend=resolved.decode_backend,
+        decode_device=resolved.decode_device,
+        num_frames=out.num_frames,
+        route=out.route,
+        decode_seconds=time.perf_counter() - start,
+    )
+
+
+def decode_only(config: DecodeConfig) -> DecodeResult:
+    """Decode ``config.sequence_length`` uniform frames of ``config.video_path``.
+
+    ``decode_only(DecodeConfig(..., input_size=S))`` gives exactly the frames
+    :func:`patch_stream` scores. Raises :class:`~cps_ray.DecodeError` for a
+    video that cannot be decoded and a ``CpsRayError`` for a backend this
+    node cannot run.
+    """
+    if not isinstance(config, DecodeConfig):
+        raise TypeError(f"decode_only() needs a DecodeConfig, got {type(config).__name__}")
+    config.require_path()
+    resolved = resolve_backends(config)
+    threads = config.ffmpeg_threads or default_ffmpeg_threads(1)
+    return _decode(config, resolved, threads)
+
+
+class PatchStream:
+    """The patch tokens of one video; a context manager.
+
+    patches: ``output_dtype [k_keep, 3, p, p]`` in [0, 1].
+    metadata_tensors: ``(meta_fields int32 [k_keep, 3] = (t, row, col),
+    meta_scores float32 [k_keep])``.
+    Both live on the CPU for ``process_backend="cpu"`` and on
+    ``cuda:{process_device_id}`` for ``"gpu"``. After :meth:`close` they are
+    released and reading them raises :class:`~cps_ray.errors.SessionClosedError`.
+    """
+
+    def __init__(
+        self,
+        config: PatchStreamConfig,
+        decoded: DecodeResult,
+        resolved: ResolvedBackends,
+        patches: torch.Tensor,
+        meta_fields: torch.Tensor,
+        meta_scores: torch.Tensor,
+        select_seconds: float,
+    ):
+        self.config = config
+        self.path = decoded.path
+        self.decode_backend = resolved.decode_backend
+        self.decode_device = resolved.decode_device
+        self.process_backend = resolved.process_backend
+        self.process_device = resolved.process_device
+        self.frame_indices = decoded.frame_indices
+        self.timestamps = decoded.timestamps
+        self.num_frames = decoded.num_frames
+        self.route = decoded.route
+        self.decode_seconds = decoded.decode_seconds
+        self.select_seconds = select_seconds
+        self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
+            patches,
+            meta_fields,
+            meta_scores,
+        )
+
+    def _get(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._tensors is None:
+            raise SessionClosedError(
+                f"patch_stream session for {self.path} is closed; its tensors were released"
+            )
+        return self._tensors
+
+    @property
+    def patches(self) -> torch.Tensor:
+        return self._get()[0]
+
+    @property
+    def metadata_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _, fields, scores = self._get()
+        return fields, scores
+
+    @property
+    def closed(self) -> bool:
+        return self._tensors is None
+
+    def close(self) -> None:
+        """Release the tensors (GPU memory included). Idempotent."""
+        self._tensors = None
+
+    def __enter__(self) -> PatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"k_keep={self.config.k_keep}"
+        return (
+            f"PatchStream({self.path!r}, {state}, decode={self.decode_backend}, "
+            f"process={self.process_backend})"
+        )
+
+
+def run_patch_stream(
+    config: PatchStreamConfig, resolved: ResolvedBackends, num_threads: int
+) -> PatchStream:
+    """Decode and select with backends already resolved (workers call this)."""
+    decoded = _decode(config, resolved, num_threads)
+    start = time.perf_counter()
+    frames = decoded.frames
+    if resolved.process_device != resolved.decode_device:
+        frames = frames.to(resolved.process_device)
+    patches, fields, scores = select_patches(
+        frames,
+        patch_size=config.patch_size,
+        k_keep=config.k_keep,
+        backend=resolved.process_backend,
+        device_id=config.process_device_id,
+        output_dtype=config.output_dtype,
+    )
+    return PatchStream(
+        config, decoded, resolved, patches, fields, scores, time.perf_counter() - start
+    )
+
+
+def patch_stream(config: PatchStreamConfig) -> PatchStream:
+    """Decode ``config.video_path`` and keep its ``k_keep`` highest-energy patches.
+
+    Returns a :class:`PatchStream` session (use it as a context manager).
+    """
+    if not isinstance(config, PatchStreamConfig):
+        raise TypeError(f"patch_stream() needs a PatchStreamConfig, got {type(config).__name__}")
+    if config.video_path is None:
+        raise ConfigError("video_path", None, "patch_stream needs video_path set.")
+    resolved = resolve_backends(config)
+    threads = config.ffmpeg_threads or default_ffmpeg_threads(1)
+    return run_patch_stream(config, resolved, threads)

@@ -1,0 +1,376 @@
+"""Decode ``T`` uniform frames of one video with torchcodec, resized on the
+decoder side to ``input_size``.
+
+Resize policy (one, everywhere): the short side is scaled to ``S`` (bilinear,
+antialiased, FFmpeg's swscale inside the decoder), the long side to
+``round(long * S / short)``, then the center ``S x S`` is cropped. Frames are
+in display orientation: torchcodec applies the rotation metadata, and the
+resize works on the rotated frame. Pixel aspect ratio is not applied.
+
+Routes, fastest first; a route that fails or gives implausible output hands
+over to the next, so a lying header never becomes an error:
+
+1. ``header``: ``seek_mode="approximate"`` (no scan), trusting the header's
+   frame count and duration (``auto`` and ``time`` only);
+2. ``scan``: ``seek_mode="exact"``, frame count from a scan of the packets;
+3. ``sequential``: decode frame by frame from the start and keep the chosen
+   frames (files whose seeking is broken, e.g. MPEG-TS with a non-zero start,
+   or whose first frames cannot be decoded). At most two passes, and never
+   more than ``T`` decoded frames held at once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import sampling
+from .errors import DecodeError
+
+ROUTES = ("header", "scan", "sequential")
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """Frames of one video.
+
+    frames: uint8 ``[T, 3, H, W]`` on the decode device.
+    frame_indices: int64 ``[T]``, positions in display order.
+    timestamps: float64 ``[T]``, presentation times in seconds.
+    num_frames: frames in the video, as the route that succeeded counted them.
+    route: which route of the module docstring produced them.
+    """
+
+    frames: torch.Tensor
+    frame_indices: torch.Tensor
+    timestamps: torch.Tensor
+    num_frames: int
+    route: str
+
+    def __post_init__(self) -> None:
+        t = self.frames.shape[0]
+        if self.frames.dtype != torch.uint8 or self.frames.ndim != 4 or self.frames.shape[1] != 3:
+            raise ValueError(f"frames must be uint8 [T, 3, H, W], got {self.frames.dtype} "
+                             f"{tuple(self.frames.shape)}")
+        if tuple(self.frame_indices.shape) != (t,) or self.frame_indices.dtype != torch.int64:
+            raise ValueError("frame_indices must be int64 [T]")
+        if tuple(self.timestamps.shape) != (t,) or self.timestamps.dtype != torch.float64:
+            raise ValueError("timestamps must be float64 [T]")
+
+
+def default_ffmpeg_threads(concurrent_videos: int = 1) -> int:
+    """FFmpeg threads per video so ``concurrent_videos`` decodes fill the cores once."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, concurrent_videos))
+
+
+def resized_dims(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after scaling the short side of ``height x width`` to ``size``."""
+    if height <= width:
+        return size, max(size, (width * size + height // 2) // height)
+    return max(size, (height * size + width // 2) // width), size
+
+
+def _resize_transforms(input_size: int | None) -> list | None:
+    if input_size is None:
+        return None
+    from torchcodec.transforms import CenterCrop
+
+    return [_ShortSideResize(input_size), CenterCrop((input_size, input_size))]
+
+
+def _make_short_side_resize():
+    from torchcodec.transforms import DecoderTransform
+
+    class ShortSideResize(DecoderTransform):
+        """Decoder-side resize whose output size depends on the input's
+        (rotated) size, which torchcodec only knows once the file is open."""
+
+        def __init__(self, size: int):
+            self.size = size
+            self._out: tuple[int, int] | None = None
+
+        def _make_transform_spec(self, input_dims):
+            height, width = input_dims
+            if not height or not width:
+                raise DecodeError("?", "the video stream has no frame size in its metadata")
+            self._out = resized_dims(int(height), int(width), self.size)
+            return f"resize, {self._out[0]}, {self._out[1]}"
+
+        def _get_output_dims(self):
+            return self._out
+
+    return ShortSideResize
+
+
+class _LazyShortSideResize:
+    _cls = None
+
+    def __call__(self, size: int):
+        if _LazyShortSideResize._cls is None:
+            _LazyShortSideResize._cls = _make_short_side_resize()
+        return _LazyShortSideResize._cls(size)
+
+
+_ShortSideResize = _LazyShortSideResize()
+
+
+def _check_file(path: str) -> None:
+    """Reasons FFmpeg would report badly, found before it opens the file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError(path, "file not found") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot stat the file ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DecodeError(path, "is a directory, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError(path, "is not a regular file")
+    if st.st_size == 0:
+        raise DecodeError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot read the file ({e.strerror})") from None
+
+
+def _open_reason(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    if "best video stream is unknown" in text or "No valid stream" in text:
+        return "no video stream in the file"
+    if "Could not open input file" in text:
+        detail = text.split("Could not open input file:", 1)[-1].strip()
+        # "name Invalid data found when processing input" -> the FFmpeg part.
+        for known in ("Invalid data found when processing input", "End of file"):
+            if known in detail:
+                return f"not a video, or too damaged to open (FFmpeg: {known})"
+        return f"FFmpeg cannot open it ({detail})"
+    return f"cannot open it ({type(err).__name__}: {text[:200]})"
+
+
+# Open errors a later route cannot cure.
+_FATAL_OPEN = ("no video stream", "not a video", "FFmpeg cannot open")
+
+
+def _open(path: str, seek_mode: str, *, transforms, device: str, num_threads: int):
+    from torchcodec.decoders import VideoDecoder
+
+    return VideoDecoder(
+        path,
+        seek_mode=seek_mode,
+        num_ffmpeg_threads=num_threads,
+        device=device,
+        transforms=transforms,
+        dimension_order="NCHW",
+    )
+
+
+def _iter_frames(decoder) -> Iterator[tuple[torch.Tensor, float, float]]:
+    """Frames in decode order from the start, without seeking.
+
+    torchcodec's public indexing always seeks, which is exactly what fails
+    on files this route exists for; its core op ``get_next_frame`` does not.
+    A decoding error mid-file ends the walk: what came before is kept.
+    """
+    from torchcodec import _core
+
+    while True:
+        try:
+            frame, pts, duration = _core.get_next_frame(decoder._decoder)
+        except (IndexError, RuntimeError):
+            return
+        yield frame, float(pts), float(duration)
+
+
+def _sample_seeking(decoder, strategy: str, sequence_length: int):
+    """(positions or None, frames, timestamps, num_frames) using torchcodec's seeks."""
+    md = decoder.metadata
+    if strategy == "time":
+        begin, end = md.begin_stream_seconds, md.end_stream_seconds
+        if begin is None or end is None or not end > begin:
+            raise ValueError("stream begin/end unknown")
+        targets = sampling.time_targets(begin, end, sequence_length)
+        targets = np.minimum(targets, np.nextafter(end, -np.inf))
+        uniq, inverse = np.unique(targets, return_inverse=True)
+        batch = decoder.get_frames_played_at(uniq.tolist())
+        pts = batch.pts_seconds.to(torch.float64)
+        fps = md.average_fps or 0.0
+        est = torch.round((pts - begin) * fps).to(torch.int64) if fps > 0 else None
+        positions = None if est is None else est[torch.from_numpy(inverse)]
+    else:
+        n = md.num_frames
+        if n is None or n < 1:
+            raise ValueError("frame count unknown")
+        positions_np = sampling.index_positions(int(n), sequence_length)
+        uniq, inverse = np.unique(positions_np, return_inverse=True)
+        batch = decoder.get_frames_at(uniq.tolist())
+        pts = batch.pts_seconds.to(torch.float64)
+        positions = torch.from_numpy(positions_np)
+    inv = torch.from_numpy(inverse)
+    if pts.numel() > 1 and bool((pts[1:] < pts[:-1]).any()):
+        raise ValueError("timestamps of sampled frames are not in display order")
+    frames = batch.data[inv]
+    timestamps = pts[inv]
+    if positions is None:
+        positions = torch.full((sequence_length,), -1, dtype=torch.int64)
+    return positions, frames, timestamps, int(md.num_frames or 0)
+
+
+def _walk(
+    open_decoder: Callable[[], object],
+    keep: Callable[[int, float, float | None], bool],
+) -> tuple[dict[int, tuple[torch.Tensor, float]], np.ndarray, float]:
+    """Decode every frame once; hold only those ``keep(pos, pts, next_pts)`` wants."""
+    decoder = open_decoder()
+    kept: dict[int, tuple[torch.Tensor, float]] = {}
+    all_pts: list[float] = []
+    prev: tuple[int, torch.Tensor, float] | None = None
+    last_duration = 0.0
+    for pos, (frame, pts, duration) in enumerate(_iter_frames(decoder)):
+        if prev is not None and keep(prev[0], prev[2], pts):
+            kept[prev[0]] = (prev[1], prev[2])
+        prev = (pos, frame, pts)
+        all_pts.append(pts)
+        last_duration = duration
+    if prev is not None and keep(prev[0], prev[2], None):
+        kept[prev[0]] = (prev[1], prev[2])
+    return kept, np.asarray(all_pts, dtype=np.float64), last_duration
+
+
+def _time_keep(targets: np.ndarray) -> Callable[[int, float, float | None], bool]:
+    def keep(pos: int, pts: float, next_pts: float | None) -> bool:
+        if pos == 0 and targets[0] < pts:
+            return True
+        lo = np.searchsorted(targets, pts, side="left")
+        if lo >= len(targets):
+            return False
+        return next_pts is None or targets[lo] < next_pts
+
+    return keep
+
+
+def _sample_sequential(open_decoder, strategy: str, sequence_length: int, hint_decoder):
+    md = hint_decoder.metadata if hint_decoder is not None else None
+    if strategy == "time":
+        begin = md.begin_stream_seconds if md is not None else None
+        end = md.end_stream_seconds if md is not None else None
+        guess_targets = sampling.time_targets(begin or 0.0, end or 0.0, sequence_length)
+        keep = _time_keep(guess_targets)
+    else:
+        n_hint = md.num_frames if md is not None and md.num_frames else 1
+        guess = set(sampling.index_positions(int(n_hint), sequence_length).tolist())
+
+        def keep(pos, pts, next_pts):
+            return pos in guess
+
+    kept, all_pts, last_duration = _walk(open_decoder, keep)
+    if len(all_pts) == 0:
+        raise ValueError("no frame could be decoded")
+    # Display order: B-frames can leave pts unsorted in decode order.
+    order = np.argsort(all_pts, kind="stable")
+    if not np.array_equal(order, np.arange(len(all_pts))):
+        # Positions were counted in decode order; fall back to a second pass
+        # keyed by display rank.
+        rank_of_decode = np.empty_like(order)
+        rank_of_decode[order] = np.arange(len(order))
+    else:
+        rank_of_decode = None
+    sorted_pts = all_pts[order]
+    n = len(all_pts)
+    if strategy == "time":
+        end = sorted_pts[-1] + max(last_duration, 0.0)
+        targets = sampling.time_targets(sorted_pts[0], end, sequence_length)
+        targets = np.minimum(targets, sorted_pts[-1])
+        ranks = sampling.assign_by_time(targets, sorted_pts)
+    else:
+        ranks = sampling.index_positions(n, sequence_length)
+    decode_pos = ranks if rank_of_decode is None else order[ranks]
+    wanted = set(decode_pos.tolist())
+    if not wanted.issubset(kept):
+        kept, _, _ = _walk(open_decoder, lambda pos, pts, nxt: pos in wanted)
+        if not wanted.issubset(kept):
+            raise ValueError("the file decoded differently on a second pass")
+    frames = torch.stack([kept[int(p)][0] for p in decode_pos])
+    timestamps = torch.tensor([kept[int(p)][1] for p in decode_pos], dtype=torch.float64)
+    return torch.as_tensor(ranks, dtype=torch.int64), frames, timestamps, n
+
+
+def decode_frames(
+    path: str,
+    *,
+    sequence_length: int,
+    uniform_strategy: str = "auto",
+    input_size: int | None = None,
+    device: str = "cpu",
+    num_threads: int = 1,
+) -> VideoFrames:
+    """Decode ``sequence_length`` uniform frames of ``path``.
+
+    Returns :class:`VideoFrames` with uint8 ``[T, 3, S, S]`` frames (native
+    ``[T, 3, H, W]`` when ``input_size`` is None) on ``device``. Raises
+    :class:`DecodeError` with a one-line reason naming the file.
+    """
+    path = os.fspath(path)
+    _check_file(path)
+    transforms = _resize_transforms(input_size)
+
+    def opener(seek_mode: str):
+        return lambda: _open(
+            path, seek_mode, transforms=transforms, device=device, num_threads=num_threads
+        )
+
+    attempts = [("scan", "exact")] if uniform_strategy == "index" else [
+        ("header", "approximate"),
+        ("scan", "exact"),
+    ]
+    failures: list[str] = []
+    hint_decoder = None
+    for route, seek_mode in attempts:
+        try:
+            decoder = opener(seek_mode)()
+        except DecodeError as e:
+            raise DecodeError(path, e.reason) from None
+        except Exception as e:  # torchcodec raises RuntimeError/ValueError
+            reason = _open_reason(e)
+            if reason.startswith(_FATAL_OPEN):
+                raise DecodeError(path, reason) from None
+            failures.append(f"{route}: {reason}")
+            continue
+        hint_decoder = hint_decoder or decoder
+        try:
+            positions, frames, timestamps, n = _sample_seeking(
+                decoder, uniform_strategy, sequence_length
+            )
+        except Exception as e:
+            failures.append(f"{route}: {' '.join(str(e).split())[:160]}")
+            continue
+        return VideoFrames(frames.contiguous(), positions, timestamps, n, route)
+
+    seq_mode = "approximate" if hint_decoder is None else "exact"
+    try:
+        positions, frames, timestamps, n = _sample_sequential(
+            opener(seq_mode), uniform_strategy, sequence_length, hint_decoder
+        )
+    except DecodeError as e:
+        raise DecodeError(path, e.reason) from None
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        tried = "; ".join(failures)
+        raise DecodeError(
+            path, f"too damaged to decode: {reason}" + (f" (also tried {tried})" if tried else "")
+        ) from None
+    return VideoFrames(frames.contiguous(), positions, timestamps, n, "sequential")

@@ -1,0 +1,49 @@
+"""Errors callers may catch. Every one derives from :class:`CpsRayError`."""
+
+from __future__ import annotations
+
+
+class CpsRayError(Exception):
+    """Base class of every error cps_ray raises on purpose."""
+
+
+class ConfigError(CpsRayError, ValueError):
+    """A configuration field has a value that is not allowed."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"Invalid {field} ({value!r}). {allowed}")
+
+
+class DeviceUnavailableError(CpsRayError):
+    """An explicit ``gpu`` backend or a device id this node cannot serve."""
+
+    def __init__(self, field: str, value: object, node_has: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}={value!r} cannot run on this node: {node_has}")
+
+
+class DecodeError(CpsRayError):
+    """A video could not be decoded. The message is one line naming the file."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{path}: {self.reason}")
+
+
+class SessionClosedError(CpsRayError):
+    """A closed :class:`~cps_ray.PatchStream` session was used."""
+
+
+class MissingDependencyError(CpsRayError, ImportError):
+    """An optional package needed by a feature is not installed."""
+
+    def __init__(self, package: str, feature: str, extra: str):
+        super().__init__(
+            f"{feature} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'cps_ray[{extra}]'"
+        )

@@ -1,0 +1,82 @@
+"""``local_stream``: the pipeline's rows in-process, from a thread pool, no Ray.
+
+torchcodec decodes and the Numba kernels run without the GIL, so threads
+scale over cores; FFmpeg's own threads per video are set so that
+``num_workers`` concurrent decodes fill the cores once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..config import PatchStreamConfig
+from .inputs import resolve_inputs
+from .worker import VideoWorker
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def local_stream(
+    inputs,
+    config: PatchStreamConfig,
+    num_workers: int | None = None,
+    *,
+    progress: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Yield one row per input video, in input order.
+
+    Args:
+        inputs: a list of paths, or a manifest (``.txt`` one path per line,
+            ``.csv``/``.parquet`` with a ``path`` column).
+        config: a :class:`PatchStreamConfig` with ``video_path=None``.
+        num_workers: videos decoded at once (threads); default: the cores.
+        progress: show a tqdm progress bar.
+
+    Rows follow DESIGN.md (see :mod:`cps_ray.pipeline.rows`); a video that
+    fails gives a row with ``error`` set, never an exception. A config this
+    node cannot run (explicit ``gpu`` without CUDA) raises before any row.
+    """
+    paths = resolve_inputs(inputs)
+    workers = num_workers if num_workers is not None else _default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError("num_workers", num_workers, "It must be an int >= 1.")
+    worker = VideoWorker(config, concurrent_videos=workers)
+    return _stream(paths, worker, workers, progress)
+
+
+def _stream(paths, worker, workers, progress) -> Iterator[dict[str, Any]]:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="video", desc="local_stream")
+    # A bounded window keeps memory flat however long the input list is.
+    window = 2 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cps_ray") as pool:
+        pending: deque = deque()
+        it = iter(paths)
+        for path in it:
+            pending.append(pool.submit(worker, path))
+            if len(pending) >= window:
+                break
+        while pending:
+            row = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(worker, nxt))
+            if bar is not None:
+                bar.update(1)
+            yield row
+    if bar is not None:
+        bar.close()
