@@ -79,12 +79,26 @@ def resized_dims(height: int, width: int, size: int) -> tuple[int, int]:
     return max(size, (height * size + width // 2) // width), size
 
 
-def _resize_transforms(input_size: int | None) -> list | None:
+class _UnknownFrameSize(Exception):
+    """The header has no frame size, so the resize cannot be planned yet."""
+
+
+def _resize_transforms(input_size: int | None, frame_size=None) -> list | None:
+    """Decoder-side transforms of the resize policy.
+
+    ``frame_size`` (h, w) is for files whose header lacks it; otherwise the
+    size is read from the (rotation-corrected) metadata when the file opens.
+    """
     if input_size is None:
         return None
-    from torchcodec.transforms import CenterCrop
+    from torchcodec.transforms import CenterCrop, Resize
 
-    return [_ShortSideResize(input_size), CenterCrop((input_size, input_size))]
+    first = (
+        _ShortSideResize(input_size)
+        if frame_size is None
+        else Resize(resized_dims(frame_size[0], frame_size[1], input_size))
+    )
+    return [first, CenterCrop((input_size, input_size))]
 
 
 def _make_short_side_resize():
@@ -101,7 +115,7 @@ def _make_short_side_resize():
         def _make_transform_spec(self, input_dims):
             height, width = input_dims
             if not height or not width:
-                raise DecodeError("?", "the video stream has no frame size in its metadata")
+                raise _UnknownFrameSize()
             self._out = resized_dims(int(height), int(width), self.size)
             return f"resize, {self._out[0]}, {self._out[1]}"
 
@@ -146,6 +160,15 @@ def _check_file(path: str) -> None:
         raise DecodeError(path, "permission denied") from None
     except OSError as e:
         raise DecodeError(path, f"cannot read the file ({e.strerror})") from None
+
+
+def _short(err: BaseException) -> str:
+    """The message of a torchcodec error without its C++ source location."""
+    text = " ".join(str(err).split())
+    # "decodeAVFrame, /path/File.cpp:1411, Could not flush decoder: ..." -> the last part.
+    if ".cpp:" in text:
+        text = text.split(".cpp:", 1)[1].split(",", 1)[-1].strip()
+    return text[:200]
 
 
 def _open_reason(err: Exception) -> str:
@@ -196,21 +219,38 @@ def _iter_frames(decoder) -> Iterator[tuple[torch.Tensor, float, float]]:
         yield frame, float(pts), float(duration)
 
 
-def _sample_seeking(decoder, strategy: str, sequence_length: int):
-    """(positions or None, frames, timestamps, num_frames) using torchcodec's seeks."""
+def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate: bool):
+    """(positions, frames, timestamps, num_frames) using torchcodec's seeks.
+
+    Seeking is checked, not trusted: some containers (MPEG-PS, some MPEG-TS)
+    land on the wrong frame. ``trust_rate`` (the header route) also demands
+    that index ``i`` sits at ``begin + i / fps``, which only a constant-rate
+    file with a truthful header satisfies; others go on to the scan.
+    """
     md = decoder.metadata
+    begin = md.begin_stream_seconds or 0.0
+    fps = md.average_fps or 0.0
     if strategy == "time":
-        begin, end = md.begin_stream_seconds, md.end_stream_seconds
-        if begin is None or end is None or not end > begin:
+        end = md.end_stream_seconds
+        if end is None or not end > begin:
             raise ValueError("stream begin/end unknown")
         targets = sampling.time_targets(begin, end, sequence_length)
         targets = np.minimum(targets, np.nextafter(end, -np.inf))
         uniq, inverse = np.unique(targets, return_inverse=True)
         batch = decoder.get_frames_played_at(uniq.tolist())
         pts = batch.pts_seconds.to(torch.float64)
-        fps = md.average_fps or 0.0
-        est = torch.round((pts - begin) * fps).to(torch.int64) if fps > 0 else None
-        positions = None if est is None else est[torch.from_numpy(inverse)]
+        dur = batch.duration_seconds.to(torch.float64)
+        wanted = torch.from_numpy(uniq)
+        slack = 1e-3
+        if bool((pts > wanted + slack).any()) or bool((pts + dur + slack < wanted).any()):
+            raise ValueError("seeking returned frames not displayed at the requested times")
+        last = max(int(md.num_frames or 1) - 1, 0)
+        positions_t = (
+            torch.round((pts - begin) * fps).to(torch.int64).clamp(0, last)
+            if fps > 0
+            else torch.full_like(pts, -1, dtype=torch.int64)
+        )
+        positions = positions_t[torch.from_numpy(inverse)]
     else:
         n = md.num_frames
         if n is None or n < 1:
@@ -219,15 +259,32 @@ def _sample_seeking(decoder, strategy: str, sequence_length: int):
         uniq, inverse = np.unique(positions_np, return_inverse=True)
         batch = decoder.get_frames_at(uniq.tolist())
         pts = batch.pts_seconds.to(torch.float64)
+        if pts.numel() > 1 and bool((pts[1:] <= pts[:-1]).any()):
+            raise ValueError("seeking returned the same frame for different indices")
+        # Frame 0 must be the stream's first frame and frame n-1 its last:
+        # a header that overcounts, or undecodable leading packets, fail here.
+        dur = batch.duration_seconds.to(torch.float64)
+        first_ref = _first(md.begin_stream_seconds_from_content, md.begin_stream_seconds)
+        last_ref = _first(md.end_stream_seconds_from_content, md.end_stream_seconds)
+        if first_ref is not None and abs(float(pts[0]) - first_ref) > 1e-3:
+            raise ValueError("frame 0 is not the first frame of the stream")
+        if last_ref is not None:
+            tolerance = max(float(dur[-1]), 1e-3) + 1e-3
+            if abs(float(pts[-1] + dur[-1]) - last_ref) > tolerance:
+                raise ValueError("the last frame is not where the stream ends")
+        if trust_rate:
+            if fps <= 0:
+                raise ValueError("no frame rate in the header")
+            expected = begin + torch.from_numpy(uniq).to(torch.float64) / fps
+            if bool(((pts - expected).abs() > 1.0 / fps).any()):
+                raise ValueError("frames are not where a constant frame rate puts them")
         positions = torch.from_numpy(positions_np)
     inv = torch.from_numpy(inverse)
-    if pts.numel() > 1 and bool((pts[1:] < pts[:-1]).any()):
-        raise ValueError("timestamps of sampled frames are not in display order")
-    frames = batch.data[inv]
-    timestamps = pts[inv]
-    if positions is None:
-        positions = torch.full((sequence_length,), -1, dtype=torch.int64)
-    return positions, frames, timestamps, int(md.num_frames or 0)
+    return positions, batch.data[inv], pts[inv], int(md.num_frames or 0)
+
+
+def _first(*values):
+    return next((float(v) for v in values if v is not None), None)
 
 
 def _walk(
@@ -326,8 +383,34 @@ def decode_frames(
     """
     path = os.fspath(path)
     _check_file(path)
-    transforms = _resize_transforms(input_size)
+    try:
+        return _decode_routes(
+            path, _resize_transforms(input_size), sequence_length, uniform_strategy, device,
+            num_threads,
+        )
+    except _UnknownFrameSize:
+        pass
+    # No frame size in the header: learn it from the first decoded frame.
+    size = _first_frame_size(path, device, num_threads)
+    return _decode_routes(
+        path, _resize_transforms(input_size, size), sequence_length, uniform_strategy, device,
+        num_threads,
+    )
 
+
+def _first_frame_size(path: str, device: str, num_threads: int) -> tuple[int, int]:
+    for seek_mode in ("approximate", "exact"):
+        try:
+            decoder = _open(path, seek_mode, transforms=None, device=device,
+                            num_threads=num_threads)
+        except Exception:
+            continue
+        for frame, _, _ in _iter_frames(decoder):
+            return int(frame.shape[-2]), int(frame.shape[-1])
+    raise DecodeError(path, "too damaged to decode: no frame could be decoded")
+
+
+def _decode_routes(path, transforms, sequence_length, uniform_strategy, device, num_threads):
     def opener(seek_mode: str):
         return lambda: _open(
             path, seek_mode, transforms=transforms, device=device, num_threads=num_threads
@@ -337,27 +420,26 @@ def decode_frames(
         ("header", "approximate"),
         ("scan", "exact"),
     ]
-    failures: list[str] = []
     hint_decoder = None
     for route, seek_mode in attempts:
         try:
             decoder = opener(seek_mode)()
+        except _UnknownFrameSize:
+            raise
         except DecodeError as e:
             raise DecodeError(path, e.reason) from None
         except Exception as e:  # torchcodec raises RuntimeError/ValueError
             reason = _open_reason(e)
             if reason.startswith(_FATAL_OPEN):
                 raise DecodeError(path, reason) from None
-            failures.append(f"{route}: {reason}")
             continue
         hint_decoder = hint_decoder or decoder
         try:
             positions, frames, timestamps, n = _sample_seeking(
-                decoder, uniform_strategy, sequence_length
+                decoder, uniform_strategy, sequence_length, trust_rate=route == "header"
             )
-        except Exception as e:
-            failures.append(f"{route}: {' '.join(str(e).split())[:160]}")
-            continue
+        except Exception:
+            continue  # the next route is slower and does not trust what failed here
         return VideoFrames(frames.contiguous(), positions, timestamps, n, route)
 
     seq_mode = "approximate" if hint_decoder is None else "exact"
@@ -368,9 +450,5 @@ def decode_frames(
     except DecodeError as e:
         raise DecodeError(path, e.reason) from None
     except Exception as e:
-        reason = " ".join(str(e).split())[:200]
-        tried = "; ".join(failures)
-        raise DecodeError(
-            path, f"too damaged to decode: {reason}" + (f" (also tried {tried})" if tried else "")
-        ) from None
+        raise DecodeError(path, f"too damaged to decode: {_short(e)}") from None
     return VideoFrames(frames.contiguous(), positions, timestamps, n, "sequential")

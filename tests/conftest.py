@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from media import make_media
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip without CUDA, or fail with CPS_RAY_REQUIRE_GPU=1."""
+    from cps_ray.devices import cuda_device_count
+
+    if cuda_device_count() > 0:
+        return
+    if os.environ.get("CPS_RAY_REQUIRE_GPU", "0") not in ("", "0"):
+        return  # let them run and fail loudly
+    skip = pytest.mark.skip(reason="needs a CUDA device (set CPS_RAY_REQUIRE_GPU=1 to fail)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    if shutil.which("ffmpeg") is None:
+        pytest.fail("the ffmpeg CLI is needed to make test media (make setup installs it)")
+    return make_media(tmp_path_factory.mktemp("media"))
