@@ -69,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument(
         "--k-keep", type=_positive_int, default=None, metavar="K",
-        help=f"patches kept per video (default: {DEMO_KEEP_FRACTION:.0%} of T * (S/P)**2)",
+        help=f"patches kept per video (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)",
     )  # fmt: skip
     demo.add_argument(
         "--workers", type=_positive_int, default=None, metavar="N",

@@ -32,6 +32,7 @@ TILES_PER_ROW = 4
 DIM_FACTOR = 0.25  # brightness of dropped patches
 TILE_GAP = 6  # pixels between frames in the picture
 TITLE_HEIGHT = 30
+CAPTION_HEIGHT = 16  # strip above each frame, so captions hide no patch
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def render_picture(
     cols = min(TILES_PER_ROW, num_frames)
     rows = -(-num_frames // cols)
     width = cols * size + (cols + 1) * TILE_GAP
-    height = TITLE_HEIGHT + rows * (size + TILE_GAP) + TILE_GAP
+    cell_height = CAPTION_HEIGHT + size + TILE_GAP
+    height = TITLE_HEIGHT + rows * cell_height
     canvas = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(canvas)
     try:
@@ -102,10 +104,9 @@ def render_picture(
     draw.text((TILE_GAP, 7), title, fill=(235, 235, 235), font=title_font)
     for t in range(num_frames):
         x = TILE_GAP + (t % cols) * (size + TILE_GAP)
-        y = TITLE_HEIGHT + (t // cols) * (size + TILE_GAP)
-        canvas.paste(Image.fromarray(shown[t]), (x, y))
-        draw.rectangle((x, y, x + size - 1, y + 14), fill=(0, 0, 0))
-        draw.text((x + 3, y + 1), captions[t], fill=(235, 235, 235), font=caption_font)
+        y = TITLE_HEIGHT + (t // cols) * cell_height
+        draw.text((x + 1, y + 1), captions[t], fill=(200, 200, 200), font=caption_font)
+        canvas.paste(Image.fromarray(shown[t]), (x, y + CAPTION_HEIGHT))
     canvas.save(out_path)
 
 

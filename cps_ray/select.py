@@ -111,14 +111,14 @@ def select_patches(
     if backend == "auto":
         backend = "gpu" if devices.cuda_available() else "cpu"
     if backend == "gpu":
-        from .kernels import cuda as cuda_kernel
-
         if not cuda_simulator_enabled():
             count = devices.cuda_device_count()
             if count == 0 or device_id >= count:
                 field = "backend" if count == 0 else "device_id"
                 value = "gpu" if count == 0 else device_id
                 raise DeviceUnavailableError(field, value, devices.describe_node())
+        from .kernels import cuda as cuda_kernel
+
         patches_u8, flat, energies = cuda_kernel.select(
             frames, patch_size, k_keep, device_id=device_id
         )
