@@ -43,7 +43,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS),bench]"
-	$(BIN)/python benchmark/benchmark_select.py --json benchmark/out/select_cpu.json
+	$(BIN)/python benchmark/benchmark_local.py --json benchmark/out/local.json
 
 lint: setup
 	$(BIN)/python -m pip install -q ruff
