@@ -32,24 +32,44 @@ def main() -> None:
     args = ap.parse_args()
 
     paths = find_videos(args.videos) if args.videos else make_sample_videos(".cache/demo_videos")
-    cfg = PatchStreamConfig(sequence_length=args.sequence_length, input_size=args.input_size,
-                            k_keep=args.k_keep, decode_backend="cpu")
+    cfg = PatchStreamConfig(
+        sequence_length=args.sequence_length,
+        input_size=args.input_size,
+        k_keep=args.k_keep,
+        decode_backend="cpu",
+    )
     cpu_kernel.warmup()
     per_video = []
     for path in paths:
         dec, sel = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            out = decode_only(DecodeConfig(path, sequence_length=cfg.sequence_length,
-                                           input_size=cfg.input_size, decode_backend="cpu"))
+            out = decode_only(
+                DecodeConfig(
+                    path,
+                    sequence_length=cfg.sequence_length,
+                    input_size=cfg.input_size,
+                    decode_backend="cpu",
+                )
+            )
             t1 = time.perf_counter()
-            select_patches(out.frames, patch_size=cfg.patch_size, k_keep=cfg.k_keep,
-                           output_dtype=cfg.output_dtype)
+            select_patches(
+                out.frames,
+                patch_size=cfg.patch_size,
+                k_keep=cfg.k_keep,
+                output_dtype=cfg.output_dtype,
+            )
             t2 = time.perf_counter()
             dec.append(t1 - t0)
             sel.append(t2 - t1)
-        per_video.append({"video": os.path.basename(path), "route": out.route,
-                          "decode_s": statistics.median(dec), "select_s": statistics.median(sel)})
+        per_video.append(
+            {
+                "video": os.path.basename(path),
+                "route": out.route,
+                "decode_s": statistics.median(dec),
+                "select_s": statistics.median(sel),
+            }
+        )
 
     throughput = []
     work = paths * max(1, 24 // max(1, len(paths)))
@@ -58,22 +78,37 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = list(local_stream(work, cfg, num_workers=workers))
         dt = time.perf_counter() - t0
-        throughput.append({"workers": workers, "videos": len(rows), "seconds": dt,
-                           "videos_per_second": len(rows) / dt,
-                           "errors": sum(r["error"] is not None for r in rows)})
+        throughput.append(
+            {
+                "workers": workers,
+                "videos": len(rows),
+                "seconds": dt,
+                "videos_per_second": len(rows) / dt,
+                "errors": sum(r["error"] is not None for r in rows),
+            }
+        )
 
     print(f"{'video':28} {'route':10} {'decode s':>9} {'select s':>9}")
     for r in per_video:
         print(f"{r['video']:28} {r['route']:10} {r['decode_s']:9.4f} {r['select_s']:9.4f}")
     print(f"\n{'workers':>7} {'videos':>6} {'seconds':>8} {'videos/s':>9}")
     for r in throughput:
-        print(f"{r['workers']:7d} {r['videos']:6d} {r['seconds']:8.2f} "
-              f"{r['videos_per_second']:9.2f}")
+        print(
+            f"{r['workers']:7d} {r['videos']:6d} {r['seconds']:8.2f} {r['videos_per_second']:9.2f}"
+        )
     result = {
-        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "cps_ray": cps_ray.__version__},
-        "config": {"sequence_length": cfg.sequence_length, "input_size": cfg.input_size,
-                   "patch_size": cfg.patch_size, "k_keep": cfg.k_keep},
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "cps_ray": cps_ray.__version__,
+        },
+        "config": {
+            "sequence_length": cfg.sequence_length,
+            "input_size": cfg.input_size,
+            "patch_size": cfg.patch_size,
+            "k_keep": cfg.k_keep,
+        },
         "per_video": per_video,
         "local_stream": throughput,
     }

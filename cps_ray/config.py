@@ -236,9 +236,7 @@ def resolve_backends(config: DecodeConfig) -> ResolvedBackends:
     decode_device = devices.torch_device(decode, config.decode_device_id)
     if not isinstance(config, PatchStreamConfig):
         return ResolvedBackends(decode, decode_device)
-    process = resolve_process_backend(
-        config.process_backend, config.process_device_id, decode
-    )
+    process = resolve_process_backend(config.process_backend, config.process_device_id, decode)
     return ResolvedBackends(
         decode,
         decode_device,

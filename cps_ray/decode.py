@@ -55,8 +55,10 @@ class VideoFrames:
     def __post_init__(self) -> None:
         t = self.frames.shape[0]
         if self.frames.dtype != torch.uint8 or self.frames.ndim != 4 or self.frames.shape[1] != 3:
-            raise ValueError(f"frames must be uint8 [T, 3, H, W], got {self.frames.dtype} "
-                             f"{tuple(self.frames.shape)}")
+            raise ValueError(
+                f"frames must be uint8 [T, 3, H, W], got {self.frames.dtype} "
+                f"{tuple(self.frames.shape)}"
+            )
         if tuple(self.frame_indices.shape) != (t,) or self.frame_indices.dtype != torch.int64:
             raise ValueError("frame_indices must be int64 [T]")
         if tuple(self.timestamps.shape) != (t,) or self.timestamps.dtype != torch.float64:
@@ -385,7 +387,11 @@ def decode_frames(
     _check_file(path)
     try:
         return _decode_routes(
-            path, _resize_transforms(input_size), sequence_length, uniform_strategy, device,
+            path,
+            _resize_transforms(input_size),
+            sequence_length,
+            uniform_strategy,
+            device,
             num_threads,
         )
     except _UnknownFrameSize:
@@ -393,7 +399,11 @@ def decode_frames(
     # No frame size in the header: learn it from the first decoded frame.
     size = _first_frame_size(path, device, num_threads)
     return _decode_routes(
-        path, _resize_transforms(input_size, size), sequence_length, uniform_strategy, device,
+        path,
+        _resize_transforms(input_size, size),
+        sequence_length,
+        uniform_strategy,
+        device,
         num_threads,
     )
 
@@ -401,8 +411,9 @@ def decode_frames(
 def _first_frame_size(path: str, device: str, num_threads: int) -> tuple[int, int]:
     for seek_mode in ("approximate", "exact"):
         try:
-            decoder = _open(path, seek_mode, transforms=None, device=device,
-                            num_threads=num_threads)
+            decoder = _open(
+                path, seek_mode, transforms=None, device=device, num_threads=num_threads
+            )
         except Exception:
             continue
         for frame, _, _ in _iter_frames(decoder):
@@ -416,10 +427,14 @@ def _decode_routes(path, transforms, sequence_length, uniform_strategy, device, 
             path, seek_mode, transforms=transforms, device=device, num_threads=num_threads
         )
 
-    attempts = [("scan", "exact")] if uniform_strategy == "index" else [
-        ("header", "approximate"),
-        ("scan", "exact"),
-    ]
+    attempts = (
+        [("scan", "exact")]
+        if uniform_strategy == "index"
+        else [
+            ("header", "approximate"),
+            ("scan", "exact"),
+        ]
+    )
     hint_decoder = None
     for route, seek_mode in attempts:
         try:

@@ -4,7 +4,6 @@ import os
 import shutil
 
 import pytest
-
 from media import make_media
 
 

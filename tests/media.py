@@ -32,8 +32,7 @@ GOOD = {
     # testsrc2 rounds its size to even numbers; scale makes the odd size.
     "odd_97x71.webm": lavfi()
     + ["-vf", "scale=97:71", "-c:v", "libvpx-vp9", "-deadline", "realtime"],
-    "odd444_97x71.mp4": lavfi()
-    + ["-vf", "scale=97:71", "-c:v", "libx264", "-pix_fmt", "yuv444p"],
+    "odd444_97x71.mp4": lavfi() + ["-vf", "scale=97:71", "-c:v", "libx264", "-pix_fmt", "yuv444p"],
     "portrait_64x112.mp4": lavfi("64x112") + X264,
     "gop1.mp4": lavfi() + X264 + ["-g", "1"],
     "long_gop.mp4": lavfi(seconds=4) + X264 + ["-g", "1000", "-bf", "3"],

@@ -15,8 +15,14 @@ from cps_ray.errors import DeviceUnavailableError
 
 
 def _cfg(path, **kw):
-    base = dict(video_path=str(path), sequence_length=6, input_size=56, patch_size=14,
-                k_keep=40, output_dtype="fp32")
+    base = dict(
+        video_path=str(path),
+        sequence_length=6,
+        input_size=56,
+        patch_size=14,
+        k_keep=40,
+        output_dtype="fp32",
+    )
     base.update(kw)
     return PatchStreamConfig(**base)
 

@@ -11,7 +11,11 @@ from cps_ray.errors import DeviceUnavailableError
 def test_defaults_follow_design():
     d = DecodeConfig()
     assert (d.video_path, d.sequence_length, d.decode_backend, d.decode_device_id) == (
-        None, 16, "auto", 0)
+        None,
+        16,
+        "auto",
+        0,
+    )
     assert (d.uniform_strategy, d.input_size) == ("auto", None)
     p = PatchStreamConfig()
     assert (p.input_size, p.process_backend, p.process_device_id) == (224, "auto", 0)
@@ -76,7 +80,11 @@ def test_auto_resolves_to_cpu_without_cuda():
     with override_cuda_device_count(0):
         r = resolve_backends(PatchStreamConfig())
     assert (r.decode_backend, r.decode_device, r.process_backend, r.process_device) == (
-        "cpu", "cpu", "cpu", "cpu")
+        "cpu",
+        "cpu",
+        "cpu",
+        "cpu",
+    )
 
 
 def test_auto_resolves_to_gpu_with_cuda_and_process_follows():

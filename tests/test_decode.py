@@ -10,26 +10,64 @@ from cps_ray import DecodeConfig, DecodeError, decode_only
 from cps_ray.decode import resized_dims
 
 CODECS = [
-    "h264.mp4", "hevc.mkv", "vp8.webm", "vp9.webm", "av1.mkv", "mpeg2.mpg", "mpeg4.avi",
-    "h264_10bit.mp4", "hevc_12bit.mkv", "h264_444.mp4", "odd_97x71.webm",
-    "odd444_97x71.mp4", "portrait_64x112.mp4", "gop1.mp4", "nonzero_start.ts",
+    "h264.mp4",
+    "hevc.mkv",
+    "vp8.webm",
+    "vp9.webm",
+    "av1.mkv",
+    "mpeg2.mpg",
+    "mpeg4.avi",
+    "h264_10bit.mp4",
+    "hevc_12bit.mkv",
+    "h264_444.mp4",
+    "odd_97x71.webm",
+    "odd444_97x71.mp4",
+    "portrait_64x112.mp4",
+    "gop1.mp4",
+    "nonzero_start.ts",
 ]
 
 
 def _ffmpeg_frames(path, pix="rgb24"):
     """All frames of a file as the ffmpeg CLI decodes them (autorotated), uint8 [N, 3, H, W]."""
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=width,height:stream_side_data=rotation", "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height:stream_side_data=rotation",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.replace("\n", ",")
     values = [v for v in probe.split(",") if v.strip()]
     w, h = int(values[0]), int(values[1])
     if any(abs(int(float(v))) in (90, 270) for v in values[2:]):
         w, h = h, w
     raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix, "-"],
-        capture_output=True, check=True,
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            pix,
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     arr = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
     return torch.from_numpy(arr.copy()).permute(0, 3, 1, 2)
@@ -84,11 +122,14 @@ def test_resize_policy_short_side_then_center_crop(media):
     out = decode_only(DecodeConfig(str(media["h264.mp4"]), sequence_length=3, input_size=40))
     native = decode_only(DecodeConfig(str(media["h264.mp4"]), sequence_length=3))
     small = torch.nn.functional.interpolate(
-        native.frames.float(), size=(40, 53), mode="bilinear", antialias=True,
+        native.frames.float(),
+        size=(40, 53),
+        mode="bilinear",
+        antialias=True,
         align_corners=False,
     )
     left = (53 - 40) // 2
-    want = small[:, :, :, left:left + 40]
+    want = small[:, :, :, left : left + 40]
     assert out.frames.shape == (3, 3, 40, 40)
     assert (out.frames.float() - want).abs().mean() < 4.0
 
@@ -134,8 +175,9 @@ def test_header_that_overcounts_still_decodes(media, strategy):
 def test_first_keyframe_discarded_still_decodes(media, strategy):
     path = str(media["headless_gop.ts"])
     every = _ffmpeg_frames(path)
-    out = decode_only(DecodeConfig(path, sequence_length=6, input_size=32,
-                                   uniform_strategy=strategy))
+    out = decode_only(
+        DecodeConfig(path, sequence_length=6, input_size=32, uniform_strategy=strategy)
+    )
     assert out.num_frames == len(every)
     assert out.frame_indices[0] == 0 and out.frame_indices[-1] == len(every) - 1
 

@@ -12,13 +12,13 @@ def _brute_energy(frames, t, r, c, p):
     if t == 0:
         total = 0
         for ch in range(3):
-            x = [int(v) for v in frames[0, ch, r * p:(r + 1) * p, c * p:(c + 1) * p].ravel()]
+            x = [int(v) for v in frames[0, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].ravel()]
             total += n * sum(v * v for v in x) - sum(x) ** 2
         return total
     acc = 0
     for ch in range(3):
-        a = frames[t, ch, r * p:(r + 1) * p, c * p:(c + 1) * p].astype(int).ravel()
-        b = frames[t - 1, ch, r * p:(r + 1) * p, c * p:(c + 1) * p].astype(int).ravel()
+        a = frames[t, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].astype(int).ravel()
+        b = frames[t - 1, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].astype(int).ravel()
         acc += sum(int(d) * int(d) for d in (a - b))
     return n * acc
 

@@ -42,10 +42,13 @@ def test_one_row_per_input_in_order_with_error_rows(media):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_rows_equal_patch_stream_bit_for_bit(media, dtype):
-    cfg = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10,
-                            output_dtype=dtype)
+    cfg = PatchStreamConfig(
+        sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype
+    )
     (row,) = local_stream([str(media["hevc.mkv"])], cfg, num_workers=1)
-    with patch_stream(PatchStreamConfig(**{**cfg.__dict__, "video_path": str(media["hevc.mkv"])})) as s:
+    with patch_stream(
+        PatchStreamConfig(**{**cfg.__dict__, "video_path": str(media["hevc.mkv"])})
+    ) as s:
         restored = row_patches(row)
         assert restored.dtype == s.patches.dtype
         assert torch.equal(restored.view(torch.uint8), s.patches.view(torch.uint8))

@@ -37,15 +37,17 @@ def test_outputs_follow_design(frames, dtype, torch_dtype):
     assert torch.equal(patches, expected)
     # patches[i] is frames[t, :, r*p:(r+1)*p, c*p:(c+1)*p] / 255
     t, r, c = fields[3].tolist()
-    window = torch.from_numpy(frames[t, :, r * 7:(r + 1) * 7, c * 7:(c + 1) * 7]).float() / 255
+    window = torch.from_numpy(frames[t, :, r * 7 : (r + 1) * 7, c * 7 : (c + 1) * 7]).float() / 255
     assert torch.equal(patches[3], window.to(torch_dtype))
 
 
 def test_numpy_and_torch_inputs_agree(frames):
     a = select_patches(frames, patch_size=7, k_keep=30)
     b = select_patches(torch.from_numpy(frames), patch_size=7, k_keep=30)
-    c = select_patches(torch.from_numpy(frames).permute(0, 1, 3, 2).transpose(2, 3),
-                       patch_size=7, k_keep=30)  # non-contiguous view of the same values
+    # the same values through a non-contiguous view
+    view = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 1, 3, 2))).transpose(2, 3)
+    assert not view.is_contiguous()
+    c = select_patches(view, patch_size=7, k_keep=30)
     for x, y, z in zip(a, b, c):
         assert torch.equal(x, y) and torch.equal(x, z)
 
@@ -104,6 +106,5 @@ def test_gpu_backend_without_cuda_is_an_error(monkeypatch):
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
     with override_cuda_device_count(0):
         with pytest.raises(DeviceUnavailableError, match="backend='gpu'") as info:
-            select_patches(np.zeros((2, 3, 8, 8), np.uint8), patch_size=4, k_keep=2,
-                           backend="gpu")
+            select_patches(np.zeros((2, 3, 8, 8), np.uint8), patch_size=4, k_keep=2, backend="gpu")
     assert isinstance(info.value, CpsRayError)

@@ -31,8 +31,9 @@ def read_manifest(path: str) -> list[str]:
         table = pq.read_table(path)
         if "path" not in table.column_names:
             raise ConfigError(
-                "inputs", path, f"A Parquet manifest needs a 'path' column; it has "
-                f"{table.column_names}."
+                "inputs",
+                path,
+                f"A Parquet manifest needs a 'path' column; it has {table.column_names}.",
             )
         entries = [str(p) for p in table.column("path").to_pylist() if p]
     elif lower.endswith(".csv"):
@@ -40,8 +41,9 @@ def read_manifest(path: str) -> list[str]:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ConfigError(
-                    "inputs", path, f"A CSV manifest needs a 'path' column; it has "
-                    f"{reader.fieldnames}."
+                    "inputs",
+                    path,
+                    f"A CSV manifest needs a 'path' column; it has {reader.fieldnames}.",
                 )
             entries = [row["path"] for row in reader if row.get("path")]
     else:

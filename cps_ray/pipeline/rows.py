@@ -72,8 +72,9 @@ def error_reason(err: BaseException) -> str:
     return " ".join(text.split())[:500] or type(err).__name__
 
 
-def error_row(path: str, err: BaseException, decode_backend: str, process_backend: str,
-              output_dtype: str) -> dict[str, Any]:
+def error_row(
+    path: str, err: BaseException, decode_backend: str, process_backend: str, output_dtype: str
+) -> dict[str, Any]:
     return {
         "path": path,
         "patches": None,
