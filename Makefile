@@ -38,8 +38,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: setup
 	$(BIN)/cps-ray demo --out $(OUT) $(if $(VIDEOS),--videos $(VIDEOS),)
 
+# The CUDA kernels run in Numba's simulator, which must be switched on before
+# numba is imported: a second pytest process for that folder.
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/cudasim
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q tests/cudasim
 
 bench: setup
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS),bench]"

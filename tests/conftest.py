@@ -26,3 +26,19 @@ def media(tmp_path_factory):
     if shutil.which("ffmpeg") is None:
         pytest.fail("the ffmpeg CLI is needed to make test media (make setup installs it)")
     return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, sized to this machine."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

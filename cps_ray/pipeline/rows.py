@@ -2,7 +2,8 @@
 function that both ``local_stream`` and the Ray stages call, so their rows
 are equal bit for bit.
 
-Row values are NumPy arrays (what Ray Data carries). ``patches`` keeps its
+Row values are NumPy arrays (what Ray Data carries); an error row has the
+same columns with zero-filled arrays and ``error`` set. ``patches`` keeps its
 bits: ``fp32``/``fp16`` as float32/float16, ``bf16`` as the raw uint16 bit
 patterns (NumPy and Arrow have no bfloat16); ``patches_dtype`` says which,
 and :func:`row_patches` gives the torch tensor back bit-exactly.
@@ -16,7 +17,10 @@ import numpy as np
 import torch
 
 from ..api import PatchStream
+from ..config import PatchStreamConfig
 from ..errors import CpsRayError
+
+STORAGE = {"fp32": np.float32, "fp16": np.float16}
 
 ROW_COLUMNS = (
     "path",
@@ -47,20 +51,62 @@ def row_patches(row: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
-def success_row(session: PatchStream) -> dict[str, Any]:
-    fields, scores = session.metadata_tensors
+def make_row(
+    path: str,
+    patches: torch.Tensor,
+    meta_fields: torch.Tensor,
+    meta_scores: torch.Tensor,
+    frame_indices,
+    timestamps,
+    decode_backend: str,
+    process_backend: str,
+    output_dtype: str,
+) -> dict[str, Any]:
+    """A success row from tensors on any device."""
     return {
-        "path": session.path,
-        "patches": patches_to_numpy(session.patches),
-        "patches_dtype": session.config.output_dtype,
-        "meta_fields": fields.detach().cpu().numpy(),
-        "meta_scores": scores.detach().cpu().numpy(),
-        "frame_indices": session.frame_indices.cpu().numpy(),
-        "timestamps": session.timestamps.cpu().numpy(),
-        "decode_backend": session.decode_backend,
-        "process_backend": session.process_backend,
+        "path": path,
+        "patches": patches_to_numpy(patches),
+        "patches_dtype": output_dtype,
+        "meta_fields": meta_fields.detach().cpu().numpy(),
+        "meta_scores": meta_scores.detach().cpu().numpy(),
+        "frame_indices": np.asarray(torch.as_tensor(frame_indices).cpu(), dtype=np.int64),
+        "timestamps": np.asarray(torch.as_tensor(timestamps).cpu(), dtype=np.float64),
+        "decode_backend": decode_backend,
+        "process_backend": process_backend,
         "error": None,
     }
+
+
+def success_row(session: PatchStream) -> dict[str, Any]:
+    fields, scores = session.metadata_tensors
+    return make_row(
+        session.path,
+        session.patches,
+        fields,
+        scores,
+        session.frame_indices,
+        session.timestamps,
+        session.decode_backend,
+        session.process_backend,
+        session.config.output_dtype,
+    )
+
+
+def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows -> a columnar NumPy batch (Ray Data's ``numpy`` batch format)."""
+    batch: dict[str, np.ndarray] = {}
+    for column in ROW_COLUMNS:
+        values = [row[column] for row in rows]
+        if values and isinstance(values[0], np.ndarray):
+            batch[column] = np.stack(values)
+        else:
+            batch[column] = np.array(values, dtype=object)
+    return batch
+
+
+def batch_to_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    n = len(batch["path"])
+    return [{column: batch[column][i] for column in batch} for i in range(n)]
 
 
 def error_reason(err: BaseException) -> str:
@@ -73,17 +119,26 @@ def error_reason(err: BaseException) -> str:
 
 
 def error_row(
-    path: str, err: BaseException, decode_backend: str, process_backend: str, output_dtype: str
+    path: str,
+    err: BaseException | str,
+    config: PatchStreamConfig,
+    decode_backend: str,
+    process_backend: str,
 ) -> dict[str, Any]:
+    """A failed video: ``error`` set, arrays zero-filled placeholders of the
+    normal shapes and dtypes (``frame_indices`` -1), so every row of a
+    dataset shares one schema."""
+    k, p, t = config.k_keep, config.patch_size, config.sequence_length
+    patches_dtype = np.uint16 if config.output_dtype == "bf16" else STORAGE[config.output_dtype]
     return {
         "path": path,
-        "patches": None,
-        "patches_dtype": output_dtype,
-        "meta_fields": None,
-        "meta_scores": None,
-        "frame_indices": None,
-        "timestamps": None,
+        "patches": np.zeros((k, 3, p, p), patches_dtype),
+        "patches_dtype": config.output_dtype,
+        "meta_fields": np.zeros((k, 3), np.int32),
+        "meta_scores": np.zeros((k,), np.float32),
+        "frame_indices": np.full((t,), -1, np.int64),
+        "timestamps": np.zeros((t,), np.float64),
         "decode_backend": decode_backend,
         "process_backend": process_backend,
-        "error": error_reason(err),
+        "error": err if isinstance(err, str) else error_reason(err),
     }

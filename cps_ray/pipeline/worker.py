@@ -48,9 +48,9 @@ class VideoWorker:
             return error_row(
                 path,
                 err,
+                self.config,
                 self.resolved.decode_backend,
                 self.resolved.process_backend,
-                self.config.output_dtype,
             )
 
 

@@ -1,0 +1,231 @@
+"""``patch_dataset``: the Ray Data pipeline. A decode actor pool then a
+patch-selection actor pool (or one fused pool for gpu -> gpu on one device),
+placed by the split backend config.
+
+Each stage declares its resources in a :class:`StageResources`; one adapter,
+:func:`map_batches_kwargs`, maps that onto ``map_batches`` arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import PatchStreamConfig
+from ..errors import ConfigError, DeviceUnavailableError
+from .inputs import resolve_inputs
+from .stages import DecodeStage, FusedStage, SelectStage
+from .worker import check_stream_config
+
+# Fractional GPU shares: several decode actors share one GPU's NVDEC engines.
+DEFAULT_DECODE_GPU_SHARE = 0.25
+DEFAULT_SELECT_GPU_SHARE = 0.25
+# Selection costs a few percent of decoding; its CPU actors need little.
+DEFAULT_SELECT_CPU_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """What one stage's actors ask for, and how many there are.
+
+    pool: a fixed pool size, or ``(min, max)`` for an autoscaling pool.
+    """
+
+    name: str
+    num_cpus: float
+    num_gpus: float
+    pool: int | tuple[int, int]
+
+
+def map_batches_kwargs(resources: StageResources, videos_per_block: int) -> dict:
+    import ray.data
+
+    pool = resources.pool
+    compute = (
+        ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1])
+        if isinstance(pool, tuple)
+        else ray.data.ActorPoolStrategy(size=pool)
+    )
+    kwargs = {
+        "compute": compute,
+        "batch_size": videos_per_block,
+        "batch_format": "numpy",
+        "num_cpus": resources.num_cpus,
+    }
+    if resources.num_gpus:
+        kwargs["num_gpus"] = resources.num_gpus
+    return kwargs
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """How ``patch_dataset`` lays the stages out on this cluster."""
+
+    fused: bool
+    stages: tuple[StageResources, ...]
+    ffmpeg_threads: int
+    videos_per_block: int
+
+
+def _check_pool(name: str, value) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and v >= 1 for v in value)
+        and value[0] <= value[1]
+    )
+    if not ok:
+        raise ConfigError(name, value, "It must be an int >= 1 or a (min, max) tuple.")
+
+
+def plan_pipeline(
+    config: PatchStreamConfig,
+    cluster: dict[str, float],
+    *,
+    decode_pool=None,
+    select_pool=None,
+    decode_num_cpus: float | None = None,
+    decode_num_gpus: float | None = None,
+    select_num_cpus: float | None = None,
+    select_num_gpus: float | None = None,
+    videos_per_block: int = 2,
+    fuse: bool | None = None,
+) -> PipelinePlan:
+    """Resources per stage from the split config and the cluster's resources.
+
+    ``auto`` asks for GPUs when the cluster has them; each actor still
+    resolves ``auto`` on its own node when it starts.
+    """
+    cpus = float(cluster.get("CPU", 1.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    if not isinstance(videos_per_block, int) or videos_per_block < 1:
+        raise ConfigError("videos_per_block", videos_per_block, "It must be an int >= 1.")
+    for name, requested in (
+        ("decode_backend", config.decode_backend),
+        ("process_backend", config.process_backend),
+    ):
+        if requested == "gpu" and gpus == 0:
+            raise DeviceUnavailableError(name, "gpu", "the Ray cluster declares no GPU")
+    decode_gpu = config.decode_backend == "gpu" or (config.decode_backend == "auto" and gpus > 0)
+    if decode_num_gpus is not None:
+        decode_gpu = decode_num_gpus > 0
+    process_gpu = config.process_backend == "gpu" or (
+        config.process_backend == "auto" and decode_gpu
+    )
+    if select_num_gpus is not None:
+        process_gpu = process_gpu and select_num_gpus > 0
+    if fuse is None:
+        fuse = decode_gpu and process_gpu and config.decode_device_id == config.process_device_id
+
+    if fuse:
+        share = decode_num_gpus or (DEFAULT_DECODE_GPU_SHARE if decode_gpu else 0.0)
+        per_actor_cpus = decode_num_cpus or 1.0
+        default_pool = max(1, int(gpus / share)) if share else max(1, int(cpus // per_actor_cpus))
+        pool = decode_pool or min(default_pool, max(1, int(cpus // per_actor_cpus)))
+        _check_pool("decode_pool", pool)
+        fused = StageResources("fused", per_actor_cpus, share, pool)
+        return PipelinePlan(True, (fused,), max(1, round(per_actor_cpus)), videos_per_block)
+
+    if process_gpu:
+        s_gpus = select_num_gpus or DEFAULT_SELECT_GPU_SHARE
+        s_cpus = select_num_cpus if select_num_cpus is not None else 0.5
+        s_pool = select_pool or max(1, int(gpus))
+    else:
+        s_gpus = 0.0
+        s_cpus = select_num_cpus if select_num_cpus is not None else DEFAULT_SELECT_CPU_SHARE
+        s_pool = select_pool or max(1, int(cpus // 16))
+    _check_pool("select_pool", s_pool)
+    s_max = s_pool[1] if isinstance(s_pool, tuple) else s_pool
+
+    if decode_gpu:
+        d_gpus = decode_num_gpus or DEFAULT_DECODE_GPU_SHARE
+        d_cpus = decode_num_cpus or 1.0
+        d_default = max(1, int(gpus / d_gpus))
+    else:
+        d_gpus = 0.0
+        d_default = max(1, int(cpus))
+        left = max(cpus - s_cpus * s_max, 0.1 * d_default)
+        d_cpus = decode_num_cpus or math.floor(100 * left / d_default) / 100
+    d_pool = decode_pool or d_default
+    _check_pool("decode_pool", d_pool)
+    stages = (
+        StageResources("decode", d_cpus, d_gpus, d_pool),
+        StageResources("select", s_cpus, s_gpus, s_pool),
+    )
+    return PipelinePlan(False, stages, max(1, round(d_cpus)), videos_per_block)
+
+
+def _input_dataset(inputs, videos_per_block: int):
+    import ray.data
+
+    if isinstance(inputs, ray.data.Dataset):
+        names = inputs.schema().names
+        if "path" not in names:
+            raise ConfigError(
+                "inputs", f"Dataset with columns {names}", "It needs a 'path' column."
+            )
+        # The paths are read before the actor pools start: the pools take the
+        # cluster's CPUs, and upstream read tasks would wait for them forever.
+        paths = [str(row["path"]) for row in inputs.select_columns(["path"]).iter_rows()]
+    else:
+        paths = resolve_inputs(inputs)
+    if not paths:
+        raise ConfigError("inputs", inputs, "There are no input videos.")
+    blocks = max(1, math.ceil(len(paths) / videos_per_block))
+    return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+
+
+def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
+    """A lazy ``ray.data.Dataset`` with one row per input video.
+
+    Args:
+        inputs: a list of paths, a manifest (``.txt``/``.csv``/``.parquet``),
+            or a ``ray.data.Dataset`` with a ``path`` column.
+        config: a :class:`PatchStreamConfig` with ``video_path=None``.
+        pool_options: ``decode_pool``, ``select_pool`` (int or ``(min, max)``),
+            ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
+            ``select_num_gpus``, ``videos_per_block`` (2), ``fuse`` (None:
+            fuse gpu -> gpu on one device), ``preserve_order`` (True).
+
+    Rows are those of :func:`cps_ray.local_stream`, bit for bit; a failed
+    video is a row with ``error`` set. Defaults fill the cluster's CPUs once
+    (decode) and keep a small selection pool.
+    """
+    import ray
+
+    check_stream_config(config)
+    preserve_order = pool_options.pop("preserve_order", True)
+    known = {
+        "decode_pool", "select_pool", "decode_num_cpus", "decode_num_gpus",
+        "select_num_cpus", "select_num_gpus", "videos_per_block", "fuse",
+    }  # fmt: skip
+    unknown = set(pool_options) - known
+    if unknown:
+        raise TypeError(
+            f"patch_dataset() got unknown pool options {sorted(unknown)}; "
+            f"known: {sorted(known | {'preserve_order'})}"
+        )
+    if not ray.is_initialized():
+        ray.init()
+    plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
+    ds = _input_dataset(inputs, plan.videos_per_block)
+    ds.context.execution_options.preserve_order = bool(preserve_order)
+    threads = config.ffmpeg_threads or plan.ffmpeg_threads
+    if plan.fused:
+        (fused,) = plan.stages
+        return ds.map_batches(
+            FusedStage,
+            fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
+            **map_batches_kwargs(fused, plan.videos_per_block),
+        )
+    decode, select = plan.stages
+    ds = ds.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
+        **map_batches_kwargs(decode, plan.videos_per_block),
+    )
+    return ds.map_batches(
+        SelectStage,
+        fn_constructor_kwargs={"config": config},
+        **map_batches_kwargs(select, plan.videos_per_block),
+    )

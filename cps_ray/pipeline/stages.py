@@ -1,0 +1,150 @@
+"""The Ray Data stages as plain callables over NumPy batches: ``DecodeStage``,
+``SelectStage`` and ``FusedStage``. Nothing here imports ``ray``; the actor
+pools around them are built in :mod:`cps_ray.pipeline.dataset`.
+
+Each stage resolves ``auto`` when its actor starts, on its own node (inside
+an actor the visible GPUs are the ones Ray assigned), warms up there, and
+records what it resolved in every row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import PatchStreamConfig, resolve_decode_backend, resolve_process_backend
+from ..decode import decode_frames, default_ffmpeg_threads
+from ..devices import cuda_available, torch_device
+from ..select import select_patches
+from .rows import error_reason, error_row, make_row, rows_to_batch
+from .worker import VideoWorker, check_stream_config
+
+
+def _paths(batch: dict[str, np.ndarray]) -> list[str]:
+    return [str(p) for p in batch["path"]]
+
+
+class DecodeStage:
+    """``{"path": [B]}`` -> ``frames`` uint8 ``[B, T, 3, S, S]`` (zeros on error),
+    ``frame_indices``, ``timestamps``, ``decode_backend``, ``error`` ("" when ok)."""
+
+    def __init__(self, config: PatchStreamConfig, ffmpeg_threads: int = 0):
+        check_stream_config(config)
+        self.config = config
+        self.decode_backend = resolve_decode_backend(config.decode_backend, config.decode_device_id)
+        self.device = torch_device(self.decode_backend, config.decode_device_id)
+        self.num_threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
+        import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        paths = _paths(batch)
+        n, t, s = len(paths), cfg.sequence_length, cfg.input_size
+        frames = np.zeros((n, t, 3, s, s), np.uint8)
+        indices = np.full((n, t), -1, np.int64)
+        stamps = np.zeros((n, t), np.float64)
+        # "" means no error: a column of only None does not survive Arrow.
+        errors: list[str] = [""] * n
+        for i, path in enumerate(paths):
+            try:
+                out = decode_frames(
+                    path,
+                    sequence_length=t,
+                    uniform_strategy=cfg.uniform_strategy,
+                    input_size=s,
+                    device=self.device,
+                    num_threads=self.num_threads,
+                )
+                frames[i] = out.frames.cpu().numpy()
+                indices[i] = out.frame_indices.numpy()
+                stamps[i] = out.timestamps.numpy()
+            except Exception as err:
+                errors[i] = error_reason(err)
+        return {
+            "path": np.array(paths, dtype=object),
+            "frames": frames,
+            "frame_indices": indices,
+            "timestamps": stamps,
+            "decode_backend": np.array([self.decode_backend] * n, dtype=object),
+            "error": np.array(errors, dtype=object),
+        }
+
+
+class SelectStage:
+    """Decoded batch -> the rows of DESIGN.md.
+
+    ``process_backend="auto"`` follows each row's resolved decode backend,
+    using the GPU only where this actor has one.
+    """
+
+    def __init__(self, config: PatchStreamConfig):
+        check_stream_config(config)
+        self.config = config
+        self.has_cuda = cuda_available()
+        if config.process_backend == "auto":
+            self.fixed_backend = None
+        else:
+            self.fixed_backend = resolve_process_backend(
+                config.process_backend, config.process_device_id, "cpu"
+            )
+        if self.fixed_backend != "gpu":
+            from ..kernels import cpu
+
+            cpu.warmup()
+
+    def backend_for(self, decode_backend: str) -> str:
+        if self.fixed_backend is not None:
+            return self.fixed_backend
+        return "gpu" if decode_backend == "gpu" and self.has_cuda else "cpu"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        rows: list[dict[str, Any]] = []
+        for i, path in enumerate(_paths(batch)):
+            decode_backend = str(batch["decode_backend"][i])
+            backend = self.backend_for(decode_backend)
+            error = batch["error"][i]
+            if not isinstance(error, str) or not error:
+                try:
+                    patches, fields, scores = select_patches(
+                        batch["frames"][i],
+                        patch_size=cfg.patch_size,
+                        k_keep=cfg.k_keep,
+                        backend=backend,
+                        device_id=cfg.process_device_id,
+                        output_dtype=cfg.output_dtype,
+                    )
+                    rows.append(
+                        make_row(
+                            path,
+                            patches,
+                            fields,
+                            scores,
+                            batch["frame_indices"][i],
+                            batch["timestamps"][i],
+                            decode_backend,
+                            backend,
+                            cfg.output_dtype,
+                        )
+                    )
+                    continue
+                except Exception as err:
+                    error = error_reason(err)
+            rows.append(error_row(path, str(error), cfg, decode_backend, backend))
+        return rows_to_batch(rows)
+
+
+class FusedStage:
+    """Decode and select in one actor, frames never leave its device
+    (the default for gpu -> gpu on one device)."""
+
+    def __init__(self, config: PatchStreamConfig, ffmpeg_threads: int = 0):
+        if ffmpeg_threads and not config.ffmpeg_threads:
+            from dataclasses import replace
+
+            config = replace(config, ffmpeg_threads=ffmpeg_threads)
+        self.worker = VideoWorker(config, concurrent_videos=1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return rows_to_batch([self.worker(path) for path in _paths(batch)])
