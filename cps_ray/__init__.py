@@ -15,8 +15,18 @@ from .errors import (
     MissingDependencyError,
     SessionClosedError,
 )
-from .pipeline import local_stream, row_patches
+from .pipeline import TrainingBatches, collate_patches, local_stream, row_patches
 from .select import select_patches
+
+
+def __getattr__(name):
+    # patch_dataset and write_shards import Ray; keep `import cps_ray` light.
+    if name in ("patch_dataset", "write_shards"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'cps_ray' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -31,10 +41,14 @@ __all__ = [
     "PatchStream",
     "PatchStreamConfig",
     "SessionClosedError",
+    "TrainingBatches",
+    "collate_patches",
     "decode_only",
     "local_stream",
+    "patch_dataset",
     "patch_stream",
     "resolve_backends",
     "row_patches",
     "select_patches",
+    "write_shards",
 ]

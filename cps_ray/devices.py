@@ -21,13 +21,19 @@ def cuda_device_count() -> int:
 
     Respects ``CUDA_VISIBLE_DEVICES``, so inside a Ray actor it counts the
     GPUs Ray assigned. ``CPS_RAY_FAKE_CUDA_DEVICES`` (an int) overrides the
-    probe for the whole process, which is how simulated cluster nodes
-    declare what they have.
+    probe for the whole process; the value ``visible`` counts the ids in
+    ``CUDA_VISIBLE_DEVICES``, which is how a simulated Ray cluster (declared
+    GPUs, no hardware) gives GPU actors their devices.
     """
     if _override is not None:
         return _override
     fake = os.environ.get("CPS_RAY_FAKE_CUDA_DEVICES")
     if fake is not None and fake.strip() != "":
+        if fake.strip() == "visible":
+            # Simulated clusters: as many devices as CUDA_VISIBLE_DEVICES
+            # names, i.e. the GPUs Ray assigned to this actor.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            return len([d for d in visible.split(",") if d.strip()])
         return int(fake)
     import torch
 

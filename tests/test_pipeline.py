@@ -123,3 +123,57 @@ def test_plan_split_backends():
     assert decode.num_gpus == 0.25 and select.num_gpus == 0
     with pytest.raises(DeviceUnavailableError, match="declares no GPU"):
         plan_pipeline(gpu_cpu, {"CPU": 8.0})
+
+
+def test_training_batches_and_shards(ray_session, media, tmp_path):
+    """One dataset run feeds a training loop; a second writes shards."""
+    import json
+
+    import torch
+
+    from cps_ray import TrainingBatches, write_shards
+
+    paths = _paths(media)
+    ds = patch_dataset(paths, CFG)
+    feed = TrainingBatches(ds, batch_size=2)
+    batches = list(feed)
+    assert [len(b["path"]) for b in batches] == [2, 2, 1]
+    assert feed.skipped == 2 and len(feed.skipped_paths) == 2
+    first = batches[0]
+    assert first["patches"].shape == (2, 10, 3, 14, 14)
+    assert first["patches"].dtype == torch.bfloat16
+    assert first["meta_fields"].shape == (2, 10, 3) and first["meta_fields"].dtype == torch.int32
+    assert first["meta_scores"].shape == (2, 10) and first["meta_scores"].device.type == "cpu"
+
+    out = tmp_path / "shards_out"
+    manifest = write_shards(patch_dataset(paths, CFG), str(out), rows_per_shard=2, config=CFG)
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (7, 5, 2)
+    assert [s["file"] for s in manifest["shards"]] == [
+        "shards/shard-00000.parquet",
+        "shards/shard-00001.parquet",
+        "shards/shard-00002.parquet",
+    ]
+    assert json.loads((out / "manifest.json").read_text())["ok"] == 5
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    assert sorted(e["path"] for e in errors) == sorted(
+        [str(media["broken/text.mp4"]), str(media["broken/missing.mp4"])]
+    )
+    assert not list(out.rglob("*.tmp-*"))
+    # shards restore bit-exactly (bf16 included) and match the training batches
+    back = ray_session.data.read_parquet(str(out / "shards")).take_all()
+    by_path = {r["path"]: r for r in back}
+    assert len(by_path) == 5
+    for batch in batches:
+        for i, path in enumerate(batch["path"]):
+            restored = row_patches(by_path[path])
+            assert torch.equal(restored.view(torch.int16), batch["patches"][i].view(torch.int16))
+
+
+def test_collate_for_iter_torch_batches(ray_session, media):
+    from cps_ray import collate_patches
+
+    ds = patch_dataset(_paths(media, ["h264.mp4", "broken/empty.mp4", "vp9.webm"]), CFG)
+    sizes = [
+        len(b["path"]) for b in ds.iter_torch_batches(batch_size=3, collate_fn=collate_patches)
+    ]
+    assert sizes == [2]

@@ -238,6 +238,8 @@ def select_batch(
         if isinstance(frames, torch.Tensor):
             frames = frames.detach().cpu().numpy()
         host = np.ascontiguousarray(frames, dtype=np.uint8)
+        if not host.flags.writeable:  # the simulator's device arrays must be writable
+            host = host.copy()
         energies, flat, kept = (np.empty(s, np.int64) for s in out_shapes)
         patches = np.empty(patch_shape, np.uint8)
         with _simulator_lock:
@@ -246,6 +248,8 @@ def select_batch(
     device = torch.device("cuda", device_id)
     with torch.cuda.device(device):
         # A no-op for contiguous uint8 frames already on this device.
+        if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+            frames = frames.copy()  # e.g. zero-copy blocks from Ray's object store
         frames = torch.as_tensor(frames).to(device=device, dtype=torch.uint8).contiguous()
         energies, flat, kept = (
             torch.empty(s, dtype=torch.int64, device=device) for s in out_shapes

@@ -1,0 +1,82 @@
+"""A simulated two-node Ray cluster (run by test_cluster.py in its own process,
+so the test session keeps its one local Ray).
+
+Head: 2 CPUs, no GPU. Worker: 2 CPUs and 1 declared GPU. There is no CUDA
+hardware: CPS_RAY_FAKE_CUDA_DEVICES=visible makes an actor see the GPUs Ray
+assigned it, and NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernel in Numba's
+simulator. Prints one JSON line with what it saw.
+"""
+
+import json
+import sys
+
+import ray
+from ray.cluster_utils import Cluster
+
+ENV = {"CPS_RAY_FAKE_CUDA_DEVICES": "visible", "NUMBA_ENABLE_CUDASIM": "1"}
+
+
+def main(paths: list[str]) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env={"env_vars": ENV}, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    from cps_ray import PatchStreamConfig, local_stream, patch_dataset
+    from cps_ray.config import resolve_backends
+
+    @ray.remote
+    def resolve(_):
+        r = resolve_backends(PatchStreamConfig())
+        return ray.get_runtime_context().get_node_id(), r.decode_backend, r.process_backend
+
+    on_gpu = ray.get(resolve.options(num_gpus=1).remote(0))
+    on_cpu = ray.get(resolve.options(num_gpus=0, num_cpus=1).remote(0))
+
+    cfg = PatchStreamConfig(
+        sequence_length=2,
+        input_size=28,
+        patch_size=14,
+        k_keep=4,
+        decode_backend="cpu",
+        process_backend="gpu",
+        output_dtype="fp32",
+    )
+    rows = patch_dataset(paths, cfg).take_all()
+    local = list(
+        local_stream(paths, PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"}))
+    )
+    same = all(
+        (a["patches"] == b["patches"]).all() and (a["meta_fields"] == b["meta_fields"]).all()
+        for a, b in zip(rows, local)
+        if a["error"] is None
+    )
+    from ray.util.state import list_actors
+
+    placement = {}
+    for actor in list_actors(detail=True, limit=1000):
+        name = actor.class_name or ""
+        for stage in ("DecodeStage", "SelectStage"):
+            if stage in name:
+                placement.setdefault(stage, set()).add(actor.node_id)
+    print(
+        json.dumps(
+            {
+                "gpu_node": gpu_node.node_id,
+                "auto_on_gpu_actor": on_gpu,
+                "auto_on_cpu_actor": on_cpu,
+                "rows": [
+                    (r["path"], r["decode_backend"], r["process_backend"], r["error"]) for r in rows
+                ],
+                "same_as_cpu": bool(same),
+                "placement": {k: sorted(v) for k, v in placement.items()},
+            }
+        )
+    )
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

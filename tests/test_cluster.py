@@ -1,0 +1,36 @@
+"""Placement on a simulated two-node cluster with a declared GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_stages_land_where_the_config_says(media):
+    paths = [str(media["h264.mp4"]), str(media["vp9.webm"]), str(media["broken/empty.mp4"])]
+    script = Path(__file__).with_name("cluster_check.py")
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, str(script), *paths], capture_output=True, text=True, timeout=420, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    gpu_node = seen["gpu_node"]
+
+    # auto resolves on each actor's own node, from the GPUs Ray gave it
+    node, decode, process = seen["auto_on_gpu_actor"]
+    assert (node, decode, process) == (gpu_node, "gpu", "gpu")
+    node, decode, process = seen["auto_on_cpu_actor"]
+    assert (decode, process) == ("cpu", "cpu")
+
+    # cpu -> gpu: the gpu stage runs only on the GPU node, and rows record it
+    assert seen["placement"]["SelectStage"] == [gpu_node]
+    rows = {r[0]: r[1:] for r in seen["rows"]}
+    assert len(rows) == 3
+    assert rows[paths[0]][:3] == ["cpu", "gpu", None]
+    assert rows[paths[1]][:3] == ["cpu", "gpu", None]
+    assert "empty file" in rows[paths[2]][2]
+    # the CUDA kernel (simulated) selects exactly what the CPU kernel selects
+    assert seen["same_as_cpu"]
