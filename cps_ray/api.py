@@ -23,6 +23,8 @@ class DecodeResult:
     seconds. decode_backend: the resolved ``"cpu"``/``"gpu"``.
     num_frames: frames in the video. route: how they were found (see
     :mod:`cps_ray.decode`). decode_seconds: wall time of the decode.
+    device_fallback: why NVDEC could not decode the file, when ``auto``
+    decoded it on the CPU instead (``decode_backend`` is then ``"cpu"``).
     """
 
     path: str
@@ -34,6 +36,7 @@ class DecodeResult:
     num_frames: int
     route: str
     decode_seconds: float
+    device_fallback: str | None = None
 
 
 def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) -> DecodeResult:
@@ -46,17 +49,21 @@ def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) 
         input_size=config.input_size,
         device=resolved.decode_device,
         num_threads=num_threads,
+        nvdec_fallback=config.decode_backend == "auto",
     )
+    # Only auto falls back (a file NVDEC cannot decode); the result says so.
+    fell_back = out.device_fallback is not None
     return DecodeResult(
         path=path,
         frames=out.frames,
         frame_indices=out.frame_indices,
         timestamps=out.timestamps,
-        decode_backend=resolved.decode_backend,
-        decode_device=resolved.decode_device,
+        decode_backend="cpu" if fell_back else resolved.decode_backend,
+        decode_device="cpu" if fell_back else resolved.decode_device,
         num_frames=out.num_frames,
         route=out.route,
         decode_seconds=time.perf_counter() - start,
+        device_fallback=out.device_fallback,
     )
 
 
@@ -99,8 +106,8 @@ class PatchStream:
     ):
         self.config = config
         self.path = decoded.path
-        self.decode_backend = resolved.decode_backend
-        self.decode_device = resolved.decode_device
+        self.decode_backend = decoded.decode_backend
+        self.decode_device = decoded.decode_device
         self.process_backend = resolved.process_backend
         self.process_device = resolved.process_device
         self.frame_indices = decoded.frame_indices
@@ -160,7 +167,9 @@ def run_patch_stream(
     decoded = _decode(config, resolved, num_threads)
     start = time.perf_counter()
     frames = decoded.frames
-    if resolved.process_device != resolved.decode_device:
+    if resolved.process_device != decoded.decode_device:
+        # cpu -> gpu, gpu -> cpu, or between two GPUs; gpu -> gpu on one
+        # device keeps the frames where they are.
         frames = frames.to(resolved.process_device)
     patches, fields, scores = select_patches(
         frames,

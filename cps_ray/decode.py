@@ -21,6 +21,7 @@ over to the next, so a lying header never becomes an error:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -51,6 +52,8 @@ class VideoFrames:
     timestamps: torch.Tensor
     num_frames: int
     route: str
+    # Why NVDEC could not decode the file when ``auto`` fell back to the CPU.
+    device_fallback: str | None = None
 
     def __post_init__(self) -> None:
         t = self.frames.shape[0]
@@ -376,15 +379,24 @@ def decode_frames(
     input_size: int | None = None,
     device: str = "cpu",
     num_threads: int = 1,
+    nvdec_fallback: bool = False,
 ) -> VideoFrames:
     """Decode ``sequence_length`` uniform frames of ``path``.
 
     Returns :class:`VideoFrames` with uint8 ``[T, 3, S, S]`` frames (native
-    ``[T, 3, H, W]`` when ``input_size`` is None) on ``device``. Raises
-    :class:`DecodeError` with a one-line reason naming the file.
+    ``[T, 3, H, W]`` when ``input_size`` is None) on ``device``. A CUDA
+    ``device`` decodes on NVDEC; a file NVDEC cannot decode raises, or with
+    ``nvdec_fallback`` (``auto``) decodes on the CPU and says why in
+    ``device_fallback``. Raises :class:`DecodeError` with a one-line reason
+    naming the file.
     """
     path = os.fspath(path)
     _check_file(path)
+    if device.startswith("cuda"):
+        return _decode_cuda(
+            path, sequence_length, uniform_strategy, input_size, device, num_threads,
+            nvdec_fallback,
+        )
     try:
         return _decode_routes(
             path,
@@ -406,6 +418,38 @@ def decode_frames(
         device,
         num_threads,
     )
+
+
+def _decode_cuda(path, sequence_length, uniform_strategy, input_size, device, num_threads,
+                 nvdec_fallback) -> VideoFrames:
+    """NVDEC decode at native size, then the resize policy on the GPU."""
+    try:
+        probe = _open(path, "approximate", transforms=None, device=device,
+                      num_threads=num_threads)
+        fallback = probe.cpu_fallback
+        reason = str(fallback).split("Falling back due to:", 1)[-1].strip() if fallback else None
+    except Exception as e:
+        reason = None
+        opened = _open_reason(e)
+        if opened.startswith(_FATAL_OPEN):
+            raise DecodeError(path, opened) from None
+    if reason is not None:
+        if not nvdec_fallback:
+            raise DecodeError(
+                path,
+                f"NVDEC cannot decode it on {device} ({reason}); use decode_backend='cpu', "
+                "or 'auto' to fall back to the CPU",
+            )
+        out = decode_frames(path, sequence_length=sequence_length,
+                            uniform_strategy=uniform_strategy, input_size=input_size,
+                            device="cpu", num_threads=num_threads)
+        return dataclasses.replace(out, device_fallback=reason)
+    out = _decode_routes(path, None, sequence_length, uniform_strategy, device, num_threads)
+    if input_size is None:
+        return out
+    from .resize import resize_center_crop
+
+    return dataclasses.replace(out, frames=resize_center_crop(out.frames, input_size))
 
 
 def _first_frame_size(path: str, device: str, num_threads: int) -> tuple[int, int]:

@@ -88,7 +88,7 @@ def plan_pipeline(
     decode_num_gpus: float | None = None,
     select_num_cpus: float | None = None,
     select_num_gpus: float | None = None,
-    videos_per_block: int = 2,
+    videos_per_block: int = 8,
     fuse: bool | None = None,
 ) -> PipelinePlan:
     """Resources per stage from the split config and the cluster's resources.
@@ -155,7 +155,14 @@ def plan_pipeline(
     return PipelinePlan(False, stages, max(1, round(d_cpus)), videos_per_block)
 
 
-def _input_dataset(inputs, videos_per_block: int):
+def _block_size(num_videos: int, videos_per_block: int, decode_pool) -> int:
+    """Videos per block: ``videos_per_block``, smaller for short inputs so every
+    decode actor still gets two blocks to work on."""
+    actors = decode_pool[1] if isinstance(decode_pool, tuple) else decode_pool
+    return max(1, min(videos_per_block, math.ceil(num_videos / (2 * actors))))
+
+
+def _input_dataset(inputs, videos_per_block: int, decode_pool):
     import ray.data
 
     if isinstance(inputs, ray.data.Dataset):
@@ -171,8 +178,10 @@ def _input_dataset(inputs, videos_per_block: int):
         paths = resolve_inputs(inputs)
     if not paths:
         raise ConfigError("inputs", inputs, "There are no input videos.")
-    blocks = max(1, math.ceil(len(paths) / videos_per_block))
-    return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    per_block = _block_size(len(paths), videos_per_block, decode_pool)
+    blocks = math.ceil(len(paths) / per_block)
+    dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    return dataset, per_block
 
 
 def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
@@ -184,7 +193,8 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
         pool_options: ``decode_pool``, ``select_pool`` (int or ``(min, max)``),
             ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
-            ``select_num_gpus``, ``videos_per_block`` (2), ``fuse`` (None:
+            ``select_num_gpus``, ``videos_per_block`` (8; fewer for short
+            inputs, so every decode actor gets work), ``fuse`` (None:
             fuse gpu -> gpu on one device), ``preserve_order`` (True).
 
     Rows are those of :func:`cps_ray.local_stream`, bit for bit; a failed
@@ -208,7 +218,7 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     if not ray.is_initialized():
         ray.init()
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
-    ds = _input_dataset(inputs, plan.videos_per_block)
+    ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool)
     ds.context.execution_options.preserve_order = bool(preserve_order)
     threads = config.ffmpeg_threads or plan.ffmpeg_threads
     if plan.fused:
@@ -216,16 +226,16 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
         return ds.map_batches(
             FusedStage,
             fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
-            **map_batches_kwargs(fused, plan.videos_per_block),
+            **map_batches_kwargs(fused, per_block),
         )
     decode, select = plan.stages
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
-        **map_batches_kwargs(decode, plan.videos_per_block),
+        **map_batches_kwargs(decode, per_block),
     )
     return ds.map_batches(
         SelectStage,
         fn_constructor_kwargs={"config": config},
-        **map_batches_kwargs(select, plan.videos_per_block),
+        **map_batches_kwargs(select, per_block),
     )

@@ -46,6 +46,7 @@ class DecodeStage:
         stamps = np.zeros((n, t), np.float64)
         # "" means no error: a column of only None does not survive Arrow.
         errors: list[str] = [""] * n
+        backends = [self.decode_backend] * n
         for i, path in enumerate(paths):
             try:
                 out = decode_frames(
@@ -55,7 +56,10 @@ class DecodeStage:
                     input_size=s,
                     device=self.device,
                     num_threads=self.num_threads,
+                    nvdec_fallback=cfg.decode_backend == "auto",
                 )
+                if out.device_fallback is not None:
+                    backends[i] = "cpu"
                 frames[i] = out.frames.cpu().numpy()
                 indices[i] = out.frame_indices.numpy()
                 stamps[i] = out.timestamps.numpy()
@@ -66,7 +70,7 @@ class DecodeStage:
             "frames": frames,
             "frame_indices": indices,
             "timestamps": stamps,
-            "decode_backend": np.array([self.decode_backend] * n, dtype=object),
+            "decode_backend": np.array(backends, dtype=object),
             "error": np.array(errors, dtype=object),
         }
 

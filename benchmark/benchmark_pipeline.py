@@ -1,0 +1,120 @@
+"""Videos/s of ``local_stream`` and ``patch_dataset`` on the same cores.
+
+    python benchmark/benchmark_pipeline.py [VIDEO_DIR] [--videos 180] [--cpus 2] [--json PATH]
+
+Without VIDEO_DIR the demo's sample videos are repeated up to ``--videos``.
+Ray is started locally with ``--cpus`` CPUs; the pipeline's time includes
+starting its actor pools (reported separately as the time to the first row).
+Prints a table and writes JSON; nothing here is asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _run_local(paths, cfg, workers):
+    from cps_ray import local_stream
+
+    t0 = time.perf_counter()
+    rows = list(local_stream(paths, cfg, num_workers=workers))
+    return time.perf_counter() - t0, rows
+
+
+def _run_pipeline(paths, cfg, ray):
+    from cps_ray import patch_dataset
+    from cps_ray.pipeline.dataset import plan_pipeline
+
+    plan = plan_pipeline(cfg, ray.cluster_resources())
+    t0 = time.perf_counter()
+    first = None
+    rows = []
+    for row in patch_dataset(paths, cfg).iter_rows():
+        if first is None:
+            first = time.perf_counter() - t0
+        rows.append(row)
+    return time.perf_counter() - t0, first, rows, plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("videos_dir", nargs="?")
+    ap.add_argument("--videos", type=int, default=180)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--sequence-length", type=int, default=16)
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--k-keep", type=int, default=2048)
+    ap.add_argument("--json", default="benchmark/out/pipeline.json")
+    args = ap.parse_args()
+
+    import ray
+
+    from cps_ray import PatchStreamConfig
+    from cps_ray.media import find_videos, make_sample_videos
+
+    base = find_videos(args.videos_dir) if args.videos_dir else make_sample_videos(
+        ".cache/demo_videos")
+    paths = (base * (args.videos // len(base) + 1))[: args.videos]
+    cfg = PatchStreamConfig(sequence_length=args.sequence_length, input_size=args.input_size,
+                            k_keep=args.k_keep, decode_backend="cpu")
+
+    _run_local(paths[:4], cfg, args.cpus)  # warm caches
+    local_s, local_rows = _run_local(paths, cfg, args.cpus)
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    _run_pipeline(paths[:4], cfg, ray)  # warm Numba's cache and the OS page cache
+    pipe_s, first_s, pipe_rows, plan = _run_pipeline(paths, cfg, ray)
+    ray.shutdown()
+
+    frame_bytes = cfg.sequence_length * 3 * cfg.input_size**2
+    token_bytes = sum(
+        np.asarray(pipe_rows[0][k]).nbytes
+        for k in ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps")
+    )
+    same = all(
+        np.array_equal(a["patches"], b["patches"]) for a, b in zip(local_rows, pipe_rows)
+    )
+    result = {
+        "machine": {"cores": os.cpu_count(), "ray_cpus": args.cpus,
+                    "cpu": platform.processor() or platform.machine()},
+        "videos": len(paths),
+        "config": {"sequence_length": cfg.sequence_length, "input_size": cfg.input_size,
+                   "k_keep": cfg.k_keep},
+        "local_stream": {"workers": args.cpus, "seconds": local_s,
+                         "videos_per_second": len(paths) / local_s},
+        "patch_dataset": {
+            "seconds": pipe_s,
+            "first_row_seconds": first_s,
+            "videos_per_second": len(paths) / pipe_s,
+            "steady_videos_per_second": (len(paths) - 1) / (pipe_s - first_s),
+            "stages": [s.__dict__ for s in plan.stages],
+        },
+        "ratio_pipeline_to_local": (len(paths) / pipe_s) / (len(paths) / local_s),
+        "object_store_bytes_per_video": {"frames_uint8": frame_bytes, "tokens": token_bytes},
+        "rows_equal": same,
+    }
+    print(f"{'mode':16} {'videos':>6} {'seconds':>8} {'videos/s':>9}")
+    print(f"{'local_stream':16} {len(paths):6d} {local_s:8.2f} {len(paths) / local_s:9.2f}")
+    print(f"{'patch_dataset':16} {len(paths):6d} {pipe_s:8.2f} {len(paths) / pipe_s:9.2f}"
+          f"   (first row after {first_s:.1f} s; steady "
+          f"{result['patch_dataset']['steady_videos_per_second']:.2f}/s)")
+    print(f"pipeline / local: {result['ratio_pipeline_to_local']:.2f}; stages: "
+          + ", ".join(f"{s.name} x{s.pool} ({s.num_cpus} CPU, {s.num_gpus} GPU)"
+                      for s in plan.stages))
+    print(f"object store per video: frames {frame_bytes / 1e6:.2f} MB uint8, "
+          f"tokens {token_bytes / 1e6:.2f} MB; rows equal: {same}")
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The torch resize policy (used after NVDEC decode) against the decoder side."""
+
+import pytest
+import torch
+
+from cps_ray import DecodeConfig, decode_only
+from cps_ray.resize import resize_center_crop
+
+# Mean absolute difference, in uint8 levels, allowed between the GPU path's
+# torch resize and FFmpeg's swscale: both bilinear and antialiased, they
+# differ in filter support and rounding.
+RESIZE_TOLERANCE = 3.0
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "portrait_64x112.mp4", "rot90.mp4",
+                                  "odd_97x71.webm"])
+def test_torch_resize_matches_decoder_resize(media, name):
+    native = decode_only(DecodeConfig(str(media[name]), sequence_length=3))
+    decoder_side = decode_only(DecodeConfig(str(media[name]), sequence_length=3, input_size=48))
+    ours = resize_center_crop(native.frames, 48)
+    assert ours.shape == decoder_side.frames.shape == (3, 3, 48, 48)
+    assert ours.dtype == torch.uint8
+    diff = (ours.float() - decoder_side.frames.float()).abs().mean()
+    assert diff < RESIZE_TOLERANCE
+
+
+def test_no_resize_when_already_square_at_size():
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(resize_center_crop(frames, 32), frames)
+
+
+def test_center_crop_of_wide_frames():
+    frames = torch.zeros((1, 3, 10, 30), dtype=torch.uint8)
+    frames[..., 10:20] = 200  # the middle third
+    out = resize_center_crop(frames, 10)
+    assert out.shape == (1, 3, 10, 10) and int(out.min()) == 200
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="uint8"):
+        resize_center_crop(torch.zeros((1, 3, 4, 4)), 2)
