@@ -58,11 +58,18 @@ def main() -> None:
     from cps_ray import PatchStreamConfig
     from cps_ray.media import find_videos, make_sample_videos
 
-    base = find_videos(args.videos_dir) if args.videos_dir else make_sample_videos(
-        ".cache/demo_videos")
+    base = (
+        find_videos(args.videos_dir)
+        if args.videos_dir
+        else make_sample_videos(".cache/demo_videos")
+    )
     paths = (base * (args.videos // len(base) + 1))[: args.videos]
-    cfg = PatchStreamConfig(sequence_length=args.sequence_length, input_size=args.input_size,
-                            k_keep=args.k_keep, decode_backend="cpu")
+    cfg = PatchStreamConfig(
+        sequence_length=args.sequence_length,
+        input_size=args.input_size,
+        k_keep=args.k_keep,
+        decode_backend="cpu",
+    )
 
     _run_local(paths[:4], cfg, args.cpus)  # warm caches
     local_s, local_rows = _run_local(paths, cfg, args.cpus)
@@ -78,17 +85,24 @@ def main() -> None:
         np.asarray(pipe_rows[0][k]).nbytes
         for k in ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps")
     )
-    same = all(
-        np.array_equal(a["patches"], b["patches"]) for a, b in zip(local_rows, pipe_rows)
-    )
+    same = all(np.array_equal(a["patches"], b["patches"]) for a, b in zip(local_rows, pipe_rows))
     result = {
-        "machine": {"cores": os.cpu_count(), "ray_cpus": args.cpus,
-                    "cpu": platform.processor() or platform.machine()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "ray_cpus": args.cpus,
+            "cpu": platform.processor() or platform.machine(),
+        },
         "videos": len(paths),
-        "config": {"sequence_length": cfg.sequence_length, "input_size": cfg.input_size,
-                   "k_keep": cfg.k_keep},
-        "local_stream": {"workers": args.cpus, "seconds": local_s,
-                         "videos_per_second": len(paths) / local_s},
+        "config": {
+            "sequence_length": cfg.sequence_length,
+            "input_size": cfg.input_size,
+            "k_keep": cfg.k_keep,
+        },
+        "local_stream": {
+            "workers": args.cpus,
+            "seconds": local_s,
+            "videos_per_second": len(paths) / local_s,
+        },
         "patch_dataset": {
             "seconds": pipe_s,
             "first_row_seconds": first_s,
@@ -102,14 +116,19 @@ def main() -> None:
     }
     print(f"{'mode':16} {'videos':>6} {'seconds':>8} {'videos/s':>9}")
     print(f"{'local_stream':16} {len(paths):6d} {local_s:8.2f} {len(paths) / local_s:9.2f}")
-    print(f"{'patch_dataset':16} {len(paths):6d} {pipe_s:8.2f} {len(paths) / pipe_s:9.2f}"
-          f"   (first row after {first_s:.1f} s; steady "
-          f"{result['patch_dataset']['steady_videos_per_second']:.2f}/s)")
-    print(f"pipeline / local: {result['ratio_pipeline_to_local']:.2f}; stages: "
-          + ", ".join(f"{s.name} x{s.pool} ({s.num_cpus} CPU, {s.num_gpus} GPU)"
-                      for s in plan.stages))
-    print(f"object store per video: frames {frame_bytes / 1e6:.2f} MB uint8, "
-          f"tokens {token_bytes / 1e6:.2f} MB; rows equal: {same}")
+    print(
+        f"{'patch_dataset':16} {len(paths):6d} {pipe_s:8.2f} {len(paths) / pipe_s:9.2f}"
+        f"   (first row after {first_s:.1f} s; steady "
+        f"{result['patch_dataset']['steady_videos_per_second']:.2f}/s)"
+    )
+    print(
+        f"pipeline / local: {result['ratio_pipeline_to_local']:.2f}; stages: "
+        + ", ".join(f"{s.name} x{s.pool} ({s.num_cpus} CPU, {s.num_gpus} GPU)" for s in plan.stages)
+    )
+    print(
+        f"object store per video: frames {frame_bytes / 1e6:.2f} MB uint8, "
+        f"tokens {token_bytes / 1e6:.2f} MB; rows equal: {same}"
+    )
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2, default=str)

@@ -23,6 +23,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory):
+    # CPS_RAY_TEST_MEDIA: a folder made beforehand (scripts/gpu_session.sh
+    # carries one to GPU machines, which have no ffmpeg CLI).
+    premade = os.environ.get("CPS_RAY_TEST_MEDIA")
+    if premade:
+        from pathlib import Path
+
+        return make_media(Path(premade))
     if shutil.which("ffmpeg") is None:
         pytest.fail("the ffmpeg CLI is needed to make test media (make setup installs it)")
     return make_media(tmp_path_factory.mktemp("media"))

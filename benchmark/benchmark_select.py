@@ -1,0 +1,150 @@
+"""Patch-selection throughput: clips/s on CPU (Numba) and CUDA (Numba CUDA) at
+several batch sizes, with the bytes of frames read per second next to the
+device's copy bandwidth.
+
+    python benchmark/benchmark_select.py [--batches 1 16 64 256] [--json PATH]
+
+A backend the machine cannot run is reported as skipped with its reason.
+Prints a table and writes JSON; nothing here is asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (compiles, allocates)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cpu_copy_bandwidth() -> float:
+    """Bytes read + written per second of a large host copy."""
+    src = np.ones(256 * 2**20, np.uint8)
+    dst = np.empty_like(src)
+    seconds = _median_time(lambda: np.copyto(dst, src), 5)
+    return 2 * src.nbytes / seconds
+
+
+def cuda_copy_bandwidth(device) -> float:
+    src = torch.ones(1024 * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+
+    def copy():
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+
+    return 2 * src.numel() / _median_time(copy, 10)
+
+
+def run_cpu(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> float:
+    from cps_ray.kernels import cpu
+
+    cpu.warmup()
+    return _median_time(lambda: [cpu.select(clip, patch_size, k_keep) for clip in frames], repeats)
+
+
+def run_cuda(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> float:
+    from cps_ray.kernels import cuda
+
+    device = torch.device("cuda", 0)
+    on_device = torch.from_numpy(frames).to(device)
+
+    def once():
+        cuda.select_batch(on_device, patch_size, k_keep, device_id=0)
+        torch.cuda.synchronize(device)
+
+    return _median_time(once, repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--sequence-length", type=int, default=16)
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--patch-size", type=int, default=14)
+    ap.add_argument("--k-keep", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backends", nargs="+", default=["cpu", "gpu"])
+    ap.add_argument("--json", default="benchmark/out/select.json")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    t, s = args.sequence_length, args.input_size
+    clip_bytes = t * 3 * s * s
+    machine = {
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "gpu": None,
+    }
+    bandwidth = {"cpu": cpu_copy_bandwidth()}
+    skipped: dict[str, str] = {}
+    if "gpu" in args.backends:
+        if not torch.cuda.is_available():
+            skipped["gpu"] = "no CUDA device on this machine"
+        else:
+            try:
+                import cps_ray.kernels.cuda  # noqa: F401
+            except ImportError as e:
+                skipped["gpu"] = str(e)
+            else:
+                machine["gpu"] = torch.cuda.get_device_name(0)
+                bandwidth["gpu"] = cuda_copy_bandwidth(torch.device("cuda", 0))
+
+    results = []
+    for backend in args.backends:
+        for batch in args.batches:
+            record = {"backend": backend, "batch": batch, "clip_bytes": clip_bytes}
+            if backend in skipped:
+                record.update(skipped=True, reason=skipped[backend])
+                results.append(record)
+                continue
+            frames = rng.integers(0, 256, (batch, t, 3, s, s), dtype=np.uint8)
+            runner = run_cpu if backend == "cpu" else run_cuda
+            seconds = runner(frames, args.patch_size, args.k_keep, args.repeats)
+            read = batch * clip_bytes / seconds
+            record.update(
+                skipped=False,
+                seconds=seconds,
+                clips_per_second=batch / seconds,
+                bytes_read_per_second=read,
+                copy_bandwidth=bandwidth[backend],
+                share_of_copy_bandwidth=read / bandwidth[backend],
+            )
+            results.append(record)
+
+    print(
+        f"{'backend':7} {'batch':>5} {'clips/s':>10} {'GB/s read':>10} {'copy GB/s':>10} "
+        f"{'share':>6}"
+    )
+    for r in results:
+        if r["skipped"]:
+            print(f"{r['backend']:7} {r['batch']:5d}   skipped: {r['reason']}")
+            continue
+        print(
+            f"{r['backend']:7} {r['batch']:5d} {r['clips_per_second']:10.1f} "
+            f"{r['bytes_read_per_second'] / 1e9:10.2f} {r['copy_bandwidth'] / 1e9:10.2f} "
+            f"{r['share_of_copy_bandwidth']:6.1%}"
+        )
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine, "config": vars(args), "results": results}, f, indent=2)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
