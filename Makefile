@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 demo: setup
-	$(BIN)/cps-ray demo --out $(OUT) $(if $(VIDEOS),--videos $(VIDEOS),)
+	$(BIN)/cps-ray demo --job --out $(OUT) $(if $(VIDEOS),--videos $(VIDEOS),)
 
 # The CUDA kernels run in Numba's simulator, which must be switched on before
 # numba is imported: a second pytest process for that folder.

@@ -1,49 +1,42 @@
-"""The ``cps-ray`` command: ``cps-ray demo`` and ``cps-ray info``.
+"""The ``cps-ray`` command: ``info``, ``decode``, ``select``, ``preprocess``
+and ``demo``.
 
 Thin by design: parse, build a config, call into the package. An error
-cps_ray raises on purpose (:class:`~cps_ray.CpsRayError`) prints one line,
-``cps-ray: error: ...``, and exits with status 2.
+cps_ray raises on purpose (:class:`~cps_ray.CpsRayError`), a file it cannot
+write and a cluster it cannot reach print one line, ``cps-ray: error: ...``,
+and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 
+from .config import BACKENDS, UNIFORM_STRATEGIES
 from .errors import CpsRayError
+from .jobs import add_config_options, add_preprocess_options, positive_int
 
 PROG = "cps-ray"
 DEMO_SEQUENCE_LENGTH = 8
 DEMO_KEEP_FRACTION = 0.25
+DECODE_SEQUENCE_LENGTH = 16
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Videos to fixed-budget patch tokens (codec-like patch energy, top-k).",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_demo_parser(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="select patches of a few videos, print a table, draw one PNG per video",
         description=(
             "Run local_stream over sample videos (made with ffmpeg) or a folder of "
             "your own, print what was kept and the decode/select seconds per video, "
-            "and write one PNG per video: kept patches bright, dropped ones dimmed."
+            "and write one PNG per video: kept patches bright, dropped ones dimmed. "
+            "With --job, first run the preprocessing job on them (a local Ray, "
+            "shards in OUT/shards), as jobs/preprocess.py does."
         ),
     )
     demo.add_argument(
@@ -56,31 +49,90 @@ def _build_parser() -> argparse.ArgumentParser:
         help="sample-video cache folder (.cache/demo_videos)",
     )  # fmt: skip
     demo.add_argument(
-        "--sequence-length", type=_positive_int, default=DEMO_SEQUENCE_LENGTH, metavar="T",
+        "--sequence-length", type=positive_int, default=DEMO_SEQUENCE_LENGTH, metavar="T",
         help=f"frames sampled per video ({DEMO_SEQUENCE_LENGTH})",
     )  # fmt: skip
     demo.add_argument(
-        "--input-size", type=_positive_int, default=224, metavar="S",
+        "--input-size", type=positive_int, default=224, metavar="S",
         help="frames are resized and center-cropped to S x S (224)",
     )  # fmt: skip
     demo.add_argument(
-        "--patch-size", type=_positive_int, default=14, metavar="P",
+        "--patch-size", type=positive_int, default=14, metavar="P",
         help="patch side in pixels; must divide S (14)",
     )  # fmt: skip
     demo.add_argument(
-        "--k-keep", type=_positive_int, default=None, metavar="K",
+        "--k-keep", type=positive_int, default=None, metavar="K",
         help=f"patches kept per video (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)",
     )  # fmt: skip
     demo.add_argument(
-        "--workers", type=_positive_int, default=None, metavar="N",
+        "--workers", type=positive_int, default=None, metavar="N",
         help="videos processed at once (default: the CPU cores)",
     )  # fmt: skip
+    demo.add_argument(
+        "--job", action="store_true",
+        help="first preprocess the videos into OUT/shards with the job's code on a "
+        "local Ray (resumes what an earlier --job run wrote)",
+    )  # fmt: skip
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Videos to fixed-budget patch tokens (codec-like patch energy, top-k).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands.add_parser(
         "info",
-        help="print versions, FFmpeg, CUDA devices and what 'auto' resolves to",
+        help="print versions, FFmpeg, CUDA, NVDEC and what 'auto' resolves to",
         description="Print the versions cps_ray runs with and what this node offers.",
     )
+
+    decode = commands.add_parser(
+        "decode",
+        help="print a video's metadata and the frames that would be sampled",
+        description="Decode the uniformly sampled frames of VIDEO (decode_only) and print "
+        "the video's metadata, the frame indices and timestamps, and how they were found.",
+    )
+    decode.add_argument("video", metavar="VIDEO", help="a video file")
+    decode.add_argument(
+        "--sequence-length", type=positive_int, default=DECODE_SEQUENCE_LENGTH, metavar="T",
+        help=f"frames sampled uniformly ({DECODE_SEQUENCE_LENGTH})",
+    )  # fmt: skip
+    decode.add_argument(
+        "--input-size", type=positive_int, default=None, metavar="S",
+        help="resize and center-crop to S x S (default: native size)",
+    )  # fmt: skip
+    decode.add_argument("--uniform-strategy", choices=UNIFORM_STRATEGIES, default="auto",
+                        help="which frames (auto)")  # fmt: skip
+    decode.add_argument("--decode-backend", choices=BACKENDS, default="auto",
+                        help="cpu (FFmpeg) or gpu (NVDEC) (auto)")  # fmt: skip
+    decode.add_argument("--json", action="store_true", help="print one JSON object")
+
+    select = commands.add_parser(
+        "select",
+        help="select the patches of one video and draw them in a PNG",
+        description="Select the kept patches of VIDEO and write a picture: the sampled "
+        "frames in a grid, kept patches bright, dropped ones dimmed.",
+    )
+    select.add_argument("video", metavar="VIDEO", help="a video file")
+    select.add_argument("--png", required=True, metavar="FILE", help="the picture to write")
+    add_config_options(
+        select, sequence_length=DEMO_SEQUENCE_LENGTH, k_keep=None, output_dtype="fp32"
+    )
+    for action in select._actions:
+        if action.dest == "k_keep":
+            action.help = f"patches kept (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)"
+
+    preprocess = commands.add_parser(
+        "preprocess",
+        help="videos -> Parquet shards, errors table, manifest (local Ray or --address)",
+        description="The preprocessing job of jobs/preprocess.py: on a local Ray, or on the "
+        "cluster of --address. A video that fails goes to the errors table.",
+    )
+    add_preprocess_options(preprocess, positional=True)
+
+    _add_demo_parser(commands)
     return parser
 
 
@@ -89,20 +141,38 @@ def _default_k_keep(sequence_length: int, input_size: int, patch_size: int) -> i
     return max(1, round(DEMO_KEEP_FRACTION * sequence_length * grid * grid))
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _picture_config(args: argparse.Namespace, **fixed):
     from .config import PatchStreamConfig
-    from .demo import run_demo
 
     k_keep = args.k_keep
     if k_keep is None:
         k_keep = _default_k_keep(args.sequence_length, args.input_size, args.patch_size)
-    config = PatchStreamConfig(
+    values = dict(
         sequence_length=args.sequence_length,
         input_size=args.input_size,
         patch_size=args.patch_size,
         k_keep=k_keep,
         output_dtype="fp32",
     )
+    values.update(fixed)
+    return PatchStreamConfig(**values)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT_CACHE_DIR, run_demo
+
+    config = _picture_config(args)
+    if args.job:
+        from .jobs import run_preprocess, summarize_preprocess
+        from .media import make_sample_videos
+
+        videos = args.videos
+        if videos is None:
+            videos = args.cache if args.cache is not None else DEFAULT_CACHE_DIR
+            make_sample_videos(videos)
+        shards = os.path.join(args.out, "shards")
+        manifest = run_preprocess(videos, shards, config, resume=True)
+        print(summarize_preprocess(manifest, os.path.abspath(shards)))
     return run_demo(args.videos, args.out, args.cache, config, args.workers)
 
 
@@ -141,20 +211,145 @@ def _ffmpeg_versions() -> list[tuple[str, str]]:
     return lines
 
 
+def nvdec_library() -> str | None:
+    """The NVIDIA driver's video-decode library (``libnvcuvid``) the dynamic
+    loader finds, or ``None``. NVDEC decoding also needs a CUDA device and a
+    CUDA build of torchcodec."""
+    import ctypes.util
+
+    return ctypes.util.find_library("nvcuvid")
+
+
 def _run_info() -> int:
     from . import __version__, devices
-    from .config import resolve_decode_backend
+    from .config import resolve_decode_backend, resolve_process_backend
 
     rows = [("cps_ray", __version__)]
     rows += [(name, _module_version(name)) for name in ("torch", "torchcodec", "numba", "numpy")]
     rows.append(("ray", _module_version("ray")))
     rows += _ffmpeg_versions()
     rows.append(("cuda devices", str(devices.cuda_device_count())))
-    rows.append(("auto decode backend", resolve_decode_backend("auto", 0)))
+    library = nvdec_library()
+    rows.append(("nvdec (libnvcuvid)", library or "not found (no NVIDIA video decoder)"))
+    decode = resolve_decode_backend("auto", 0)
+    rows.append(("auto decode backend", decode))
+    rows.append(("auto process backend", resolve_process_backend("auto", 0, decode)))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _video_metadata(path: str) -> dict:
+    """Container and stream facts from torchcodec (empty if it cannot say)."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        md = VideoDecoder(path, seek_mode="approximate").metadata
+    except Exception:  # decode_only already opened the file; this is extra detail
+        return {}
+    names = ("codec", "width", "height", "average_fps", "duration_seconds", "num_frames")
+    return {name: getattr(md, name, None) for name in names}
+
+
+def _run_decode(args: argparse.Namespace) -> int:
+    from .api import decode_only
+    from .config import DecodeConfig
+
+    config = DecodeConfig(
+        video_path=args.video,
+        sequence_length=args.sequence_length,
+        input_size=args.input_size,
+        uniform_strategy=args.uniform_strategy,
+        decode_backend=args.decode_backend,
+    )
+    out = decode_only(config)
+    result = {
+        "path": os.path.abspath(args.video),
+        "metadata": _video_metadata(args.video),
+        "num_frames": out.num_frames,
+        "route": out.route,
+        "decode_backend": out.decode_backend,
+        "device_fallback": out.device_fallback,
+        "frames_shape": list(out.frames.shape),
+        "frame_indices": out.frame_indices.tolist(),
+        "timestamps": [round(t, 6) for t in out.timestamps.tolist()],
+        "decode_seconds": round(out.decode_seconds, 4),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    md = result["metadata"]
+    facts = [
+        ("path", result["path"]),
+        ("codec", md.get("codec")),
+        ("size", f"{md['width']}x{md['height']}" if md.get("width") else None),
+        ("fps (average)", f"{md['average_fps']:.3f}" if md.get("average_fps") else None),
+        ("duration", f"{md['duration_seconds']:.3f} s" if md.get("duration_seconds") else None),
+        ("frames (header)", md.get("num_frames")),
+        ("frames (counted)", f"{out.num_frames} (route: {out.route})"),
+        ("decode backend", out.decode_backend + (f" (fell back: {out.device_fallback})"
+                                                 if out.device_fallback else "")),
+        ("sampled frames", "x".join(map(str, result["frames_shape"])) + " uint8"),
+        ("frame indices", " ".join(map(str, result["frame_indices"]))),
+        ("timestamps (s)", " ".join(f"{t:.3f}" for t in result["timestamps"])),
+        ("decode seconds", f"{out.decode_seconds:.3f}"),
+    ]  # fmt: skip
+    width = max(len(key) for key, _ in facts)
+    for key, value in facts:
+        print(f"{key:<{width}}  {'unknown' if value is None else value}")
+    return 0
+
+
+def _run_select(args: argparse.Namespace) -> int:
+    from .demo import _require_pillow, summarize_video
+    from .pipeline import local_stream
+
+    _require_pillow()  # fail before decoding
+    config = _picture_config(
+        args,
+        output_dtype=args.output_dtype,
+        decode_backend=args.decode_backend,
+        process_backend=args.process_backend,
+        uniform_strategy=args.uniform_strategy,
+    )
+    folder = os.path.dirname(os.path.abspath(args.png))
+    if not os.path.isdir(folder):
+        raise CpsRayError(f"cannot write {args.png!r}: folder {folder!r} does not exist")
+    (row,) = local_stream([args.video], config, num_workers=1)
+    if row["error"] is not None:
+        raise CpsRayError(row["error"])
+    name = os.path.basename(args.video)
+    summary = summarize_video(row, name, config, args.png)
+    share = "n/a" if summary.energy_share is None else f"{100 * summary.energy_share:.1f}%"
+    print(
+        f"{name}: kept {summary.kept}/{summary.total} patches ({share} of the energy), "
+        f"T={summary.num_frames} S={config.input_size} p={config.patch_size}, "
+        f"backends {row['decode_backend']} -> {row['process_backend']}; picture: {args.png}"
+    )
+    return 0
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from .jobs import preprocess_from_args
+
+    preprocess_from_args(args)
+    return 0
+
+
+COMMANDS = {
+    "info": lambda args: _run_info(),
+    "decode": _run_decode,
+    "select": _run_select,
+    "preprocess": _run_preprocess,
+    "demo": _run_demo,
+}
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename!r}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,12 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     try:
-        if args.command == "demo":
-            return _run_demo(args)
-        return _run_info()
-    except CpsRayError as err:
-        message = " ".join(str(err).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return COMMANDS[args.command](args)
+    except (CpsRayError, OSError) as err:  # OSError: files, and clusters out of reach
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

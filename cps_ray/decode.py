@@ -394,7 +394,12 @@ def decode_frames(
     _check_file(path)
     if device.startswith("cuda"):
         return _decode_cuda(
-            path, sequence_length, uniform_strategy, input_size, device, num_threads,
+            path,
+            sequence_length,
+            uniform_strategy,
+            input_size,
+            device,
+            num_threads,
             nvdec_fallback,
         )
     try:
@@ -420,12 +425,12 @@ def decode_frames(
     )
 
 
-def _decode_cuda(path, sequence_length, uniform_strategy, input_size, device, num_threads,
-                 nvdec_fallback) -> VideoFrames:
+def _decode_cuda(
+    path, sequence_length, uniform_strategy, input_size, device, num_threads, nvdec_fallback
+) -> VideoFrames:
     """NVDEC decode at native size, then the resize policy on the GPU."""
     try:
-        probe = _open(path, "approximate", transforms=None, device=device,
-                      num_threads=num_threads)
+        probe = _open(path, "approximate", transforms=None, device=device, num_threads=num_threads)
         fallback = probe.cpu_fallback
         reason = str(fallback).split("Falling back due to:", 1)[-1].strip() if fallback else None
     except Exception as e:
@@ -440,9 +445,14 @@ def _decode_cuda(path, sequence_length, uniform_strategy, input_size, device, nu
                 f"NVDEC cannot decode it on {device} ({reason}); use decode_backend='cpu', "
                 "or 'auto' to fall back to the CPU",
             )
-        out = decode_frames(path, sequence_length=sequence_length,
-                            uniform_strategy=uniform_strategy, input_size=input_size,
-                            device="cpu", num_threads=num_threads)
+        out = decode_frames(
+            path,
+            sequence_length=sequence_length,
+            uniform_strategy=uniform_strategy,
+            input_size=input_size,
+            device="cpu",
+            num_threads=num_threads,
+        )
         return dataclasses.replace(out, device_fallback=reason)
     out = _decode_routes(path, None, sequence_length, uniform_strategy, device, num_threads)
     if input_size is None:

@@ -17,8 +17,9 @@ from .decode import resized_dims
 def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[T, 3, H, W]`` on any device -> uint8 ``[T, 3, size, size]`` there."""
     if frames.dtype != torch.uint8 or frames.ndim != 4:
-        raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} "
-                         f"{tuple(frames.shape)}")
+        raise ValueError(
+            f"frames must be uint8 [T, 3, H, W], got {frames.dtype} {tuple(frames.shape)}"
+        )
     h, w = int(frames.shape[-2]), int(frames.shape[-1])
     out_h, out_w = resized_dims(h, w, size)
     x = frames.to(torch.float32)

@@ -41,6 +41,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to a head another process started
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

@@ -30,9 +30,15 @@ def test_nvdec_decode_close_to_cpu(media, name):
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 @pytest.mark.parametrize("process", ["cpu", "gpu"])
 def test_four_combinations(media, decode, process):
-    cfg = PatchStreamConfig(str(media["h264.mp4"]), sequence_length=4, input_size=56,
-                            patch_size=14, k_keep=20, decode_backend=decode,
-                            process_backend=process)
+    cfg = PatchStreamConfig(
+        str(media["h264.mp4"]),
+        sequence_length=4,
+        input_size=56,
+        patch_size=14,
+        k_keep=20,
+        decode_backend=decode,
+        process_backend=process,
+    )
     with patch_stream(cfg) as s:
         want = "cpu" if process == "cpu" else "cuda:0"
         assert str(s.patches.device) == want
@@ -41,12 +47,14 @@ def test_four_combinations(media, decode, process):
 
 
 def test_gpu_selection_identical_to_cpu(media):
-    frames = decode_only(DecodeConfig(str(media["h264.mp4"]), sequence_length=8,
-                                      input_size=224)).frames
+    frames = decode_only(
+        DecodeConfig(str(media["h264.mp4"]), sequence_length=8, input_size=224)
+    ).frames
     for dtype in ("bf16", "fp16", "fp32"):
         cpu = select_patches(frames, patch_size=14, k_keep=512, output_dtype=dtype)
-        gpu = select_patches(frames.cuda(), patch_size=14, k_keep=512, backend="gpu",
-                             output_dtype=dtype)
+        gpu = select_patches(
+            frames.cuda(), patch_size=14, k_keep=512, backend="gpu", output_dtype=dtype
+        )
         for a, b in zip(cpu, gpu):
             assert b.device.type == "cuda" and torch.equal(a, b.cpu())
 
@@ -54,17 +62,25 @@ def test_gpu_selection_identical_to_cpu(media):
 def test_device_ids_are_honoured(media):
     count = torch.cuda.device_count()
     last = count - 1
-    cfg = PatchStreamConfig(str(media["h264.mp4"]), sequence_length=4, input_size=56,
-                            patch_size=14, k_keep=20, decode_backend="gpu",
-                            process_backend="gpu", decode_device_id=0,
-                            process_device_id=last)
+    cfg = PatchStreamConfig(
+        str(media["h264.mp4"]),
+        sequence_length=4,
+        input_size=56,
+        patch_size=14,
+        k_keep=20,
+        decode_backend="gpu",
+        process_backend="gpu",
+        decode_device_id=0,
+        process_device_id=last,
+    )
     with patch_stream(cfg) as s:
         assert str(s.patches.device) == f"cuda:{last}"
     from cps_ray.errors import DeviceUnavailableError
 
     with pytest.raises(DeviceUnavailableError, match="decode_device_id"):
-        decode_only(DecodeConfig(str(media["h264.mp4"]), decode_backend="gpu",
-                                 decode_device_id=count))
+        decode_only(
+            DecodeConfig(str(media["h264.mp4"]), decode_backend="gpu", decode_device_id=count)
+        )
 
 
 def test_auto_uses_the_gpu(media):

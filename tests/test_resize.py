@@ -12,8 +12,7 @@ from cps_ray.resize import resize_center_crop
 RESIZE_TOLERANCE = 3.0
 
 
-@pytest.mark.parametrize("name", ["h264.mp4", "portrait_64x112.mp4", "rot90.mp4",
-                                  "odd_97x71.webm"])
+@pytest.mark.parametrize("name", ["h264.mp4", "portrait_64x112.mp4", "rot90.mp4", "odd_97x71.webm"])
 def test_torch_resize_matches_decoder_resize(media, name):
     native = decode_only(DecodeConfig(str(media[name]), sequence_length=3))
     decoder_side = decode_only(DecodeConfig(str(media[name]), sequence_length=3, input_size=48))

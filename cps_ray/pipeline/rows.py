@@ -69,12 +69,18 @@ def make_row(
         "patches_dtype": output_dtype,
         "meta_fields": meta_fields.detach().cpu().numpy(),
         "meta_scores": meta_scores.detach().cpu().numpy(),
-        "frame_indices": np.asarray(torch.as_tensor(frame_indices).cpu(), dtype=np.int64),
-        "timestamps": np.asarray(torch.as_tensor(timestamps).cpu(), dtype=np.float64),
+        "frame_indices": _host_array(frame_indices, np.int64),
+        "timestamps": _host_array(timestamps, np.float64),
         "decode_backend": decode_backend,
         "process_backend": process_backend,
         "error": None,
     }
+
+
+def _host_array(values, dtype) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.array(values, dtype=dtype)  # a copy: rows own their arrays
 
 
 def success_row(session: PatchStream) -> dict[str, Any]:

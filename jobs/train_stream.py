@@ -1,0 +1,228 @@
+"""A short training run fed by the patch pipeline: a tiny transformer over the
+kept patches learns to fill in masked ones (their pixels, from the others and
+the (t, row, col) positions). It prints samples/s and the share of the time
+the loop waited for data.
+
+    python jobs/train_stream.py --input videos/ --steps 20 --batch-size 4
+    python jobs/train_stream.py --input out/            # shards of preprocess.py
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \
+        --entrypoint-num-gpus 1 -- python jobs/train_stream.py --input /data/videos
+
+IN is a folder of videos, a manifest or a glob (decoded and selected on the
+fly by ``patch_dataset``), or the output folder of ``jobs/preprocess.py``
+(its shards are read, nothing is decoded). The pipeline is iterated again
+when it runs out before ``--steps``; that restart counts as waiting.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+try:
+    import cps_ray  # noqa: F401
+except ImportError:  # a checkout whose package is not installed: use it, here and in Ray's workers
+    _root = str(Path(__file__).resolve().parents[1])
+    sys.path.insert(0, _root)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from cps_ray import CpsRayError, PatchStreamConfig, TrainingBatches  # noqa: E402
+from cps_ray.jobs import (  # noqa: E402
+    JobError,
+    add_address_option,
+    add_config_options,
+    config_from_args,
+    connect_ray,
+    find_inputs,
+    positive_int,
+)
+
+
+class TinyPatchTransformer(nn.Module):
+    """Patch tokens -> pixels of every token.
+
+    patches: float ``[B, k, 3, p, p]``; fields: int ``[B, k, 3]`` = (t, row,
+    col); mask: bool ``[B, k]``, tokens whose pixels are hidden. Returns
+    float ``[B, k, 3 * p * p]``.
+    """
+
+    def __init__(self, config: PatchStreamConfig, dim: int, depth: int, heads: int):
+        super().__init__()
+        values = 3 * config.patch_size**2
+        self.embed = nn.Linear(values, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.pos_t = nn.Embedding(config.sequence_length, dim)
+        self.pos_row = nn.Embedding(config.grid_size, dim)
+        self.pos_col = nn.Embedding(config.grid_size, dim)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, values)
+
+    def forward(self, patches, fields, mask):
+        x = self.embed(patches.flatten(2))
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        t, row, col = fields.long().unbind(-1)
+        x = x + self.pos_t(t) + self.pos_row(row) + self.pos_col(col)
+        return self.head(self.norm(self.encoder(x)))
+
+
+def masked_loss(model, batch, mask_ratio: float):
+    """Mean squared error on the pixels of a random ``mask_ratio`` of the tokens."""
+    patches = batch["patches"].float()
+    b, k = patches.shape[:2]
+    hidden = max(1, round(mask_ratio * k))
+    order = torch.rand(b, k, device=patches.device).argsort(dim=1)
+    mask = torch.zeros(b, k, dtype=torch.bool, device=patches.device)
+    mask.scatter_(1, order[:, :hidden], True)
+    predicted = model(patches, batch["meta_fields"], mask)
+    return ((predicted - patches.flatten(2)) ** 2)[mask].mean()
+
+
+def build_dataset(args):
+    """(dataset, config): shards of a preprocess output, or the live pipeline."""
+    import ray
+
+    manifest_path = os.path.join(args.input, "manifest.json")
+    if os.path.isdir(args.input) and os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if not manifest["shards"]:
+            raise JobError(f"{args.input!r} holds no shards (every video failed?)")
+        config = PatchStreamConfig(**manifest["config"])
+        files = [os.path.join(args.input, shard["file"]) for shard in manifest["shards"]]
+        return ray.data.read_parquet(files), config
+    from cps_ray import patch_dataset
+
+    config = config_from_args(args)
+    return patch_dataset(find_inputs(args.input), config), config
+
+
+def batches_forever(ds, batch_size: int, device: str):
+    """Training batches, iterating ``ds`` again each time it runs out."""
+    while True:
+        feed = TrainingBatches(ds, batch_size, device=device, drop_last=False)
+        produced = 0
+        for batch in feed:
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise JobError(f"no video could be used ({feed.skipped} failed)")
+
+
+def train(args) -> dict:
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(args.seed)
+    connect_ray(args.address)
+    ds, config = build_dataset(args)
+    model = TinyPatchTransformer(config, args.dim, args.depth, args.heads).to(args.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    print(
+        f"train_stream: {sum(p.numel() for p in model.parameters())} parameters on "
+        f"{args.device}; tokens per sample {config.k_keep}, T={config.sequence_length} "
+        f"S={config.input_size} p={config.patch_size}"
+    )
+    batches = batches_forever(ds, args.batch_size, args.device)
+    waits, computes, losses, samples = [], [], [], 0
+    for step in range(1, args.steps + 1):
+        started = time.perf_counter()
+        batch = next(batches)
+        fetched = time.perf_counter()
+        loss = masked_loss(model, batch, args.mask_ratio)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())  # .item() waits for the device: compute is timed whole
+        done = time.perf_counter()
+        waits.append(fetched - started)
+        computes.append(done - fetched)
+        samples += len(batch["path"])
+        print(
+            f"step {step}/{args.steps}  loss {losses[-1]:.5f}  batch {len(batch['path'])}  "
+            f"data wait {waits[-1]:.3f} s  compute {computes[-1]:.3f} s"
+        )
+    total = sum(waits) + sum(computes)
+    steady = sum(waits[1:]) + sum(computes[1:])
+    summary = {
+        "steps": args.steps,
+        "samples": samples,
+        "seconds": round(total, 3),
+        "samples_per_second": round(samples / total, 3) if total else None,
+        "data_wait_share": round(sum(waits) / total, 4) if total else None,
+        "first_batch_seconds": round(waits[0], 3),
+        "data_wait_share_after_first": round(sum(waits[1:]) / steady, 4) if steady else None,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "device": args.device,
+    }
+    after = summary["data_wait_share_after_first"]
+    print(
+        f"train_stream: {samples} samples in {total:.2f} s: "
+        f"{summary['samples_per_second']} samples/s; waiting for data "
+        f"{100 * summary['data_wait_share']:.1f}% of the time (first batch "
+        f"{waits[0]:.2f} s, pipeline start-up included; after it "
+        f"{'n/a' if after is None else f'{100 * after:.1f}%'}); "
+        f"loss {losses[0]:.5f} -> {losses[-1]:.5f}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_stream.py",
+        description="Train a tiny patch-token transformer for a few steps on the pipeline's "
+        "batches; print samples/s and the share of time spent waiting for data.",
+    )
+    parser.add_argument(
+        "--input", required=True, metavar="IN",
+        help="videos (a folder, a manifest or a glob), or a jobs/preprocess.py output "
+        "folder (its manifest's config then applies)",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=positive_int, default=20, help="training steps (20)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="videos per step (4)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if any)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument("--dim", type=positive_int, default=64, help="token width (64)")
+    parser.add_argument("--depth", type=positive_int, default=2, help="encoder layers (2)")
+    parser.add_argument("--heads", type=positive_int, default=4, help="attention heads (4)")
+    parser.add_argument(
+        "--mask-ratio", type=float, default=0.25, help="share of tokens to fill in (0.25)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (0)")
+    parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    add_address_option(parser)
+    add_config_options(parser)  # for video inputs; a preprocess output brings its own
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0.0 < args.mask_ratio < 1.0:
+        print(f"train_stream.py: error: --mask-ratio must be in (0, 1), got {args.mask_ratio}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.dim % args.heads:
+        print(f"train_stream.py: error: --dim ({args.dim}) must be a multiple of --heads "
+              f"({args.heads})", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        train(args)
+    except CpsRayError as err:
+        print(f"train_stream.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""The jobs: preprocess under ``ray job submit`` on a token-protected head,
+alone (a local Ray) and resumed; train_stream on CPU; cluster.yaml."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from local_ray_head import RAY, local_ray_head, session_processes
+
+from cps_ray import PatchStreamConfig
+from cps_ray.jobs import JobError, find_inputs, preprocess_main, run_preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
+CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
+# A name a shell would act on: the job must treat it as data.
+ODD_NAME = "b $(touch pwned) 'q';.webm"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """relative path -> (mtime_ns, sha256) of every file under ``root``."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _shard_paths(out: Path) -> list[list[str]]:
+    return [
+        pq.read_table(p, columns=["path"]).column("path").to_pylist()
+        for p in sorted((out / "shards").glob("shard-*.parquet"))
+    ]
+
+
+def _submit(head_url: str, env: dict, *args: str, timeout: int = 300):
+    command = [RAY, "job", "submit", "--address", head_url, "--working-dir", str(REPO), "--"]
+    command += ["python", "jobs/preprocess.py", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
+    videos = tmp_path / "in videos"
+    (videos / "nested").mkdir(parents=True)
+    shutil.copy(media["h264.mp4"], videos / "a.mp4")
+    shutil.copy(media["broken/empty.mp4"], videos / "empty.mp4")
+    shutil.copy(media["vp9.webm"], videos / "nested" / ODD_NAME)
+    shutil.copy(media["broken/text.mp4"], videos / "nested" / "text.mp4")
+    out = tmp_path / "out"
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(os.urandom(32).hex())
+    token_file.chmod(0o600)
+    args = ["--input", str(videos), "--output", str(out), "--rows-per-shard", "1", *SMALL]
+
+    with local_ray_head(token_file) as head:
+        first = _submit(head.dashboard_url, head.env, *args)
+        log = first.stdout + first.stderr
+        assert first.returncode == 0, log[-4000:]
+        assert "this run: 2 ok, 2 failed, 0 skipped, 2 new shards" in log
+
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (4, 2, 2)
+        assert manifest["skipped"] == 0
+        assert manifest["config"]["k_keep"] == 10 and manifest["versions"]["ray"]
+        assert [s["file"] for s in manifest["shards"]] == [
+            "shards/shard-00000.parquet",
+            "shards/shard-00001.parquet",
+        ]
+        # input order (the folder's sorted listing), one good video per shard
+        assert _shard_paths(out) == [[str(videos / "a.mp4")], [str(videos / "nested" / ODD_NAME)]]
+        errors = {r["path"]: r["error"] for r in pq.read_table(out / "errors.parquet").to_pylist()}
+        assert set(errors) == {str(videos / "empty.mp4"), str(videos / "nested" / "text.mp4")}
+        assert "empty file" in errors[str(videos / "empty.mp4")]
+        assert "not a video" in errors[str(videos / "nested" / "text.mp4")]
+        assert not list(tmp_path.rglob("pwned")) and not (REPO / "pwned").exists()
+
+        before = _snapshot(out)
+        again = _submit(head.dashboard_url, head.env, *args, "--resume")
+        log = again.stdout + again.stderr
+        assert again.returncode == 0, log[-4000:]
+        assert "4 inputs, 4 already in the output (skipped), 0 to process" in log
+        assert _snapshot(out) == before  # nothing new written, nothing rewritten
+
+        # a wrong token, and no token at all, are refused before any job starts
+        wrong = _submit(head.dashboard_url, {**head.env, "RAY_AUTH_TOKEN": "not-the-token"}, *args)
+        assert wrong.returncode != 0
+        assert "Invalid authentication token" in wrong.stderr + wrong.stdout
+        no_token = {k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+        no_token.update(RAY_AUTH_MODE="disabled", HOME=str(tmp_path / "empty-home"))
+        missing = _submit(head.dashboard_url, no_token, *args)
+        assert missing.returncode != 0
+        assert "Missing authentication token" in missing.stderr + missing.stdout
+        assert head.request("/api/jobs/", token=None)[0] == 401
+        assert head.request("/api/jobs/", token="not-the-token")[0] == 403
+        status, jobs = head.request("/api/jobs/")
+        assert status == 200 and [j["status"] for j in jobs] == ["SUCCEEDED", "SUCCEEDED"]
+    assert not session_processes(head.process.pid)  # the head is gone, all of it
+    assert _snapshot(out) == before
+
+
+def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media, tmp_path):
+    first_list = tmp_path / "first.txt"
+    first_list.write_text(f"{media['h264.mp4']}\n{media['broken/text.mp4']}\n")
+    out = tmp_path / "out"
+    # Alone: `cps-ray preprocess` (the job's code) starts a local Ray of its own.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [str(Path(sys.executable).parent / "cps-ray"), "preprocess"]
+    args = [str(first_list), str(out), "--rows-per-shard", "1", *SMALL]
+    alone = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "this run: 1 ok, 1 failed" in alone.stdout
+    shard0 = (out / "shards" / "shard-00000.parquet").read_bytes()
+
+    # Without --resume an output that holds a run is refused; so are other settings.
+    with pytest.raises(JobError, match="already holds a preprocessing run .* pass --resume"):
+        run_preprocess(first_list, out, CFG)
+    with pytest.raises(JobError, match="k_keep=10 there, 8 now"):
+        run_preprocess(first_list, out, PatchStreamConfig(**{**CFG.__dict__, "k_keep": 8}),
+                       resume=True)  # fmt: skip
+
+    # Resume with more inputs: only the new ones run; the new shard takes the next number.
+    second_list = tmp_path / "second.csv"
+    names = ["h264.mp4", "vp9.webm", "broken/text.mp4", "broken/empty.mp4"]
+    second_list.write_text("path\n" + "".join(f"{media[n]}\n" for n in names))
+    manifest = run_preprocess(second_list, out, CFG, rows_per_shard=1, resume=True)
+    assert (manifest["inputs"], manifest["skipped"]) == (4, 2)
+    assert (manifest["ok"], manifest["failed"]) == (2, 2)
+    assert manifest["run"] == {
+        "ok": 1,
+        "failed": 1,
+        "new_shards": ["shards/shard-00001.parquet"],
+    }
+    assert (out / "shards" / "shard-00000.parquet").read_bytes() == shard0
+    assert _shard_paths(out) == [[str(media["h264.mp4"])], [str(media["vp9.webm"])]]
+    errors = pq.read_table(out / "errors.parquet").column("path").to_pylist()
+    assert errors == [str(media["broken/text.mp4"]), str(media["broken/empty.mp4"])]
+    assert json.loads((out / "manifest.json").read_text())["skipped"] == 2
+
+    # The shards feed training as they are (nothing decoded).
+    summary = _train(["--input", str(out), "--steps", "2", "--batch-size", "2"], tmp_path)
+    assert summary["samples"] == 4
+
+
+def _train(argv: list[str], tmp_path: Path) -> dict:
+    spec = importlib.util.spec_from_file_location("train_stream", REPO / "jobs" / "train_stream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary_path = tmp_path / "train.json"
+    assert module.main([*argv, "--device", "cpu", "--json", str(summary_path)]) == 0
+    return json.loads(summary_path.read_text())
+
+
+def test_train_stream_on_the_live_pipeline(ray_session, media, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("h264.mp4", "vp9.webm", "broken/text.mp4", "mpeg2.mpg"):
+        shutil.copy(media[name], videos / name.replace("/", "_"))
+    argv = ["--input", str(videos), "--steps", "3", "--batch-size", "1", "--dim", "32", *SMALL]
+    summary = _train(argv, tmp_path)
+    assert summary["steps"] == 3 and summary["samples"] == 3
+    assert summary["samples_per_second"] > 0
+    assert 0.0 <= summary["data_wait_share"] <= 1.0
+    assert math.isfinite(summary["loss_first"]) and math.isfinite(summary["loss_last"])
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "waiting for data" in printed
+
+
+def test_find_inputs(media, tmp_path):
+    root = tmp_path / "videos"
+    (root / "a" / "b").mkdir(parents=True)
+    for rel in ("z.mp4", "a/b/x.MKV", "a/notes.txt"):
+        (root / rel).write_bytes(b"x")
+    found = find_inputs(root)
+    assert found == [str(root / "a" / "b" / "x.MKV"), str(root / "z.mp4")]
+    assert find_inputs(f"{root}/**/*.mp4") == [str(root / "z.mp4")]
+    assert find_inputs(root / "z.mp4") == [str(root / "z.mp4")]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("videos/z.mp4\n# a comment\nvideos/z.mp4\n/elsewhere/y.mp4\n")
+    assert find_inputs(manifest) == [str(root / "z.mp4"), "/elsewhere/y.mp4"]
+    for spec, message in (
+        (tmp_path / "missing", "does not exist"),
+        (f"{root}/*.webm", "no files match"),
+        (root / "a" / "b" / "c", "does not exist"),
+        ("s3://bucket/videos", "is a URI"),
+    ):
+        with pytest.raises(JobError, match=message):
+            find_inputs(spec)
+    (root / "empty").mkdir()
+    with pytest.raises(JobError, match="no video files found"):
+        find_inputs(root / "empty")
+
+
+def test_preprocess_refuses_before_starting_anything(tmp_path, capsys, media):
+    out = tmp_path / "out"
+    assert preprocess_main(["--input", str(media["h264.mp4"]), "--output", str(out),
+                            "--k-keep", "99999", *SMALL[:6]]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("preprocess.py: error: Invalid k_keep (99999)")
+    (tmp_path / "file").write_text("x")
+    assert preprocess_main(["--input", str(media["h264.mp4"]), "--output",
+                            str(tmp_path / "file")]) == 2  # fmt: skip
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert preprocess_main(["--input", str(media["h264.mp4"]), "--output", str(out),
+                            "--address", "http://127.0.0.1:8265"]) == 2  # fmt: skip
+    assert "is a dashboard (job submission) address" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        preprocess_main(["--output", str(out)])
+    assert usage.value.code == 2
+
+
+def _commands(config: dict) -> list[str]:
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
+    found = [c for key in keys for c in config.get(key) or []]
+    for node_type in config["available_node_types"].values():
+        found += [c for key in keys for c in node_type.get(key) or []]
+    return found
+
+
+def test_cluster_yaml_is_valid_and_closed():
+    import ray
+    import yaml
+    from jsonschema import validate
+
+    text = (REPO / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    schema_path = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+    validate(config, json.loads(schema_path.read_text()))
+    # what `ray up` checks before it calls the cloud (defaults filled in)
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(config))
+
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert config["provider"]["type"] == "aws" and "GPU" not in head["resources"]
+    assert any(t["resources"].get("GPU", 0) >= 1 for t in workers)  # GPU workers declare GPUs
+    assert any(t["resources"].get("CPU", 0) >= 1 and not t["resources"].get("GPU") for t in workers)
+
+    commands = _commands(config)
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:  # token authentication on every node
+        assert "RAY_AUTH_MODE=token" in command
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "0.0.0.0" not in text and "::/0" not in text
+    # the package is installed on every node type
+    assert any("pip install" in c and "cps_ray" in c for c in config["setup_commands"])
+    for node_type in types.values():
+        own = node_type.get("worker_setup_commands")
+        assert own is None or any("pip install" in c and "cps_ray" in c for c in own)
+
+    # the token comes from a local file; no token (or token variable) is in the file
+    mounts = config["file_mounts"]
+    assert mounts.get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert "RAY_AUTH_TOKEN=" not in text
+    assert not any(len(word) >= 32 and word.isalnum() for word in text.split())
+    token_file = Path.home() / ".ray" / "auth_token"
+    if token_file.is_file() and token_file.read_text().strip():
+        assert token_file.read_text().strip() not in text
+
+    # no port of Ray's open to anything: the only rule is SSH, from one CIDR
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    for rule in rules:
+        assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (22, 22, "tcp")
+        for ip_range in rule.get("IpRanges", []):
+            assert not ip_range["CidrIp"].endswith("/0")
+        assert not rule.get("Ipv6Ranges")
