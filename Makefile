@@ -46,7 +46,16 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS),bench]"
+	$(BIN)/python benchmark/make_corpus.py .cache/bench_corpus --small
+	$(BIN)/python benchmark/benchmark_codec_apis.py .cache/bench_corpus \
+		--apis decode_only patch_stream decord torchcodec --decode-backends cpu gpu \
+		--process-backends cpu gpu --limit 10 \
+		--json benchmark/out/codec_apis.json --png benchmark/out/codec_apis.png
+	$(BIN)/python benchmark/selection_quality.py .cache/bench_corpus \
+		--json benchmark/out/selection_quality.json --png benchmark/out/selection_quality.png
 	$(BIN)/python benchmark/benchmark_local.py --json benchmark/out/local.json
+	$(BIN)/python benchmark/benchmark_select.py --json benchmark/out/select.json
+	$(BIN)/python benchmark/benchmark_pipeline.py --videos 360 --json benchmark/out/pipeline.json
 
 lint: setup
 	$(BIN)/python -m pip install -q ruff

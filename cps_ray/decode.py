@@ -284,6 +284,8 @@ def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate:
             if bool(((pts - expected).abs() > 1.0 / fps).any()):
                 raise ValueError("frames are not where a constant frame rate puts them")
         positions = torch.from_numpy(positions_np)
+    if len(uniq) == len(inverse):  # no repeated frame: the batch is already in order
+        return positions, batch.data, pts, int(md.num_frames or 0)
     inv = torch.from_numpy(inverse)
     return positions, batch.data[inv], pts[inv], int(md.num_frames or 0)
 

@@ -1,0 +1,152 @@
+"""Tables, target checks and the bar chart of ``benchmark_codec_apis.py``."""
+
+from __future__ import annotations
+
+import math
+
+DECODE_TARGET = 1.3  # decode_only >= 1.3x decord's best, on CPU
+PATCH_TARGET = 0.9  # patch_stream within 10% of decode_only
+
+
+def _ran(results: list[dict], api: str, **match) -> list[dict]:
+    return [
+        r
+        for r in results
+        if r["api"] == api
+        and not r.get("skipped")
+        and all(r.get(key) == value for key, value in match.items())
+    ]
+
+
+def _best(rows: list[dict], key: str = "videos_per_second") -> dict | None:
+    return max(rows, key=lambda r: r[key]) if rows else None
+
+
+def _brief(row: dict | None, key: str) -> dict | None:
+    if row is None:
+        return None
+    return {"strategy": row["strategy"], "videos_per_second": row[key]}
+
+
+def targets(results: list[dict], key: str = "videos_per_second") -> dict:
+    """The issue's CPU targets from the measured rows, comparing ``key``
+    (the median's videos/s, or the fastest repeat's)."""
+    cpu = {"decode_backend": "cpu"}
+    decode_best = _best(_ran(results, "decode_only", **cpu), key)
+    decord_best = _best(_ran(results, "decord", **cpu), key)
+    torchcodec_best = _best(_ran(results, "torchcodec", **cpu), key)
+    patch_best = _best(_ran(results, "patch_stream", process_backend="cpu", **cpu), key)
+    out: dict = {
+        "compares": key,
+        "decode_only_best": _brief(decode_best, key),
+        "decord_best": _brief(decord_best, key),
+        "torchcodec_naive_best": _brief(torchcodec_best, key),
+        "patch_stream_best": _brief(patch_best, key),
+    }
+    if decode_best and decord_best:
+        ratio = decode_best[key] / decord_best[key]
+        out["decode_only_vs_decord"] = {
+            "ratio": round(ratio, 3),
+            "target": f">= {DECODE_TARGET}",
+            "met": ratio >= DECODE_TARGET,
+        }
+    if decode_best and patch_best:
+        ratio = patch_best[key] / decode_best[key]
+        same = {}
+        for row in _ran(results, "patch_stream", process_backend="cpu", **cpu):
+            twin = _ran(results, "decode_only", strategy=row["strategy"], **cpu)
+            if twin:
+                same[row["strategy"]] = round(row[key] / twin[0][key], 3)
+        out["patch_stream_vs_decode_only"] = {
+            "ratio": round(ratio, 3),
+            "target": f">= {PATCH_TARGET} (within 10%)",
+            "met": ratio >= PATCH_TARGET,
+            "ratio_by_strategy": same,
+        }
+    return out
+
+
+def print_table(results: list[dict], header: str) -> None:
+    print(header)
+    decord_best = _best(_ran(results, "decord", decode_backend="cpu"))
+    ref = decord_best["videos_per_second"] if decord_best else None
+    cols = (
+        f"{'api':13} {'decode':6} {'process':7} {'strategy':15} {'w x th':>6} "
+        f"{'videos':>6} {'median s':>9} {'videos/s':>9} {'frames/s':>9} {'/decord':>8} "
+        f"{'fastest':>8} {'cpu s/v':>8}"
+    )
+    print(cols)
+    print("-" * len(cols))
+    skipped = []
+    for r in results:
+        if r.get("skipped"):
+            skipped.append(r)
+            continue
+        rel = f"{r['videos_per_second'] / ref:7.2f}x" if ref else f"{'-':>8}"
+        print(
+            f"{r['api']:13} {r['decode_backend']:6} {r['process_backend'] or '-':7} "
+            f"{r['strategy']:15} {r['workers']:>2}x{r['ffmpeg_threads']:<3} {r['videos']:6d} "
+            f"{r['seconds']:9.3f} {r['videos_per_second']:9.2f} {r['frames_per_second']:9.1f} "
+            f"{rel} {r['videos_per_second_fastest_repeat']:8.2f} {r['cpu_seconds_per_video']:8.3f}"
+        )
+    seen = set()
+    for r in skipped:
+        key = (r["api"], r["decode_backend"], r["process_backend"], r["reason"])
+        if key in seen:
+            continue
+        seen.add(key)
+        proc = r["process_backend"] or "-"
+        print(f"skipped {r['api']} {r['decode_backend']}->{proc}: {r['reason']}")
+
+
+def print_targets(summary: dict) -> None:
+    d = summary.get("decode_only_vs_decord")
+    basis = "median" if summary["compares"] == "videos_per_second" else "fastest repeat"
+    if d:
+        print(
+            f"[{basis}] decode_only best / decord best = {d['ratio']:.2f}x "
+            f"(target {d['target']}): {'met' if d['met'] else 'missed'}"
+        )
+    p = summary.get("patch_stream_vs_decode_only")
+    if p:
+        print(
+            f"[{basis}] patch_stream best / decode_only best = {p['ratio']:.2f} "
+            f"(target {p['target']}): {'met' if p['met'] else 'missed'}"
+        )
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+    """Grouped bars: videos/s per strategy, one bar per API and backends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if not r.get("skipped")]
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    series = list(
+        dict.fromkeys((r["api"], r["decode_backend"], r["process_backend"]) for r in rows)
+    )
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(strategies)), 4.5))
+    for i, (api, dec, proc) in enumerate(series):
+        values = []
+        for strategy in strategies:
+            hit = [
+                r["videos_per_second"]
+                for r in rows
+                if (r["api"], r["decode_backend"], r["process_backend"], r["strategy"])
+                == (api, dec, proc, strategy)
+            ]
+            values.append(hit[0] if hit else math.nan)
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(strategies))]
+        label = f"{api} ({dec}" + (f"->{proc})" if proc else ")")
+        bars = ax.bar(xs, values, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(strategies)), strategies)
+    ax.set_ylabel("videos / s (median of repeats)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

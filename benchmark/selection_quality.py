@@ -1,0 +1,301 @@
+"""How much of a clip the kept patches preserve: energy selection (cps_ray)
+against random-k and a uniform grid of k, at equal k.
+
+    python benchmark/selection_quality.py VIDEO_DIR [--limit 8] [--keep-ratios 0.1 0.25 0.5]
+        [--json benchmark/out/selection_quality.json] [--png benchmark/out/selection_quality.png]
+
+Per video: cps_ray decodes the ``T`` uniform frames at ``S x S`` (the frames
+``patch_stream`` scores). Each method keeps ``k = round(ratio * T * N)`` of
+the ``T * N`` patches. The clip is then rebuilt from the kept patches alone,
+as a decoder would rebuild it from coded blocks: at frame ``t`` a kept patch
+shows its own pixels and a dropped patch repeats the latest rebuilt value at
+its position (a codec's skipped block). Before a position is first kept it
+is mid-grey (128), for every method alike. The figure is the PSNR of the
+rebuilt clip against the decoded clip (all frames, all channels, one MSE per
+clip), averaged over videos.
+
+Methods, all keeping exactly ``k`` patches:
+
+- ``energy``: cps_ray's ``select_patches`` (intra energy on frame 0,
+  residual energy after; the ``k`` largest);
+- ``random``: ``k`` patches drawn uniformly without replacement (the mean
+  over ``--random-seeds`` seeds);
+- ``uniform``: ``k / T`` patches per frame spread evenly over the positions,
+  the pattern shifted by one position each frame so that every position is
+  refreshed in turn (a rolling refresh);
+- ``energy_dc`` (a diagnostic, not what cps_ray does): cps_ray's energies
+  with frame 0 scored against mid-grey, ``n * sum (x - 128)^2``, instead of
+  its variance; it shows what the first-frame rule costs the intra energy.
+
+Two first-frame rules, each the same for every method: ``grey`` (the
+headline: the clip from the kept patches alone, never-kept positions are
+mid-grey 128) and ``given`` (a diagnostic: the rebuild starts from the true
+first frame, like a keyframe received for free, which isolates the temporal
+selection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+from _machine import describe, machine_info, require
+
+METHODS = ("energy", "random", "uniform", "energy_dc")
+RULES = ("grey", "given")
+
+
+def energy_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
+    """bool ``[T, G, G]``: the patches cps_ray keeps."""
+    from cps_ray import select_patches
+
+    t, _, s, _ = frames.shape
+    g = s // patch_size
+    _, fields, _ = select_patches(frames, patch_size=patch_size, k_keep=k, output_dtype="fp32")
+    fields = np.asarray(fields, dtype=np.int64)
+    mask = np.zeros((t, g, g), dtype=bool)
+    mask[fields[:, 0], fields[:, 1], fields[:, 2]] = True
+    return mask
+
+
+def random_mask(t: int, g: int, k: int, seed: int) -> np.ndarray:
+    flat = np.random.default_rng(seed).choice(t * g * g, size=k, replace=False)
+    mask = np.zeros(t * g * g, dtype=bool)
+    mask[flat] = True
+    return mask.reshape(t, g, g)
+
+
+def uniform_mask(t: int, g: int, k: int) -> np.ndarray:
+    """``k`` patches: an even share per frame, evenly spaced over the ``N``
+    positions, the pattern moved on by one position each frame."""
+    n = g * g
+    per_frame = np.diff(np.floor(np.arange(t + 1) * k / t).astype(np.int64))
+    mask = np.zeros((t, n), dtype=bool)
+    for i, kt in enumerate(per_frame):
+        if kt == 0:
+            continue
+        if kt >= n:
+            mask[i] = True
+            continue
+        step = n / kt
+        shift = i % max(1, round(step))
+        mask[i, (np.floor(np.arange(kt) * step).astype(np.int64) + shift) % n] = True
+        # Rounding can collide near the wrap; top up with the next free positions.
+        free = np.flatnonzero(~mask[i])
+        mask[i, free[: kt - int(mask[i].sum())]] = True
+    return mask.reshape(t, g, g)
+
+
+def energy_dc_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
+    """Diagnostic: cps_ray's rule with frame 0 scored against mid-grey."""
+    from cps_ray.kernels import reference
+
+    t, ch, s, _ = frames.shape
+    p, g = patch_size, s // patch_size
+    energies = reference.patch_energies(frames, p)
+    first = frames[0].astype(np.int64).reshape(ch, g, p, g, p).transpose(1, 3, 0, 2, 4)
+    energies[: g * g] = (p * p * ((first - 128) ** 2).reshape(g, g, -1).sum(-1)).reshape(-1)
+    mask = np.zeros(t * g * g, dtype=bool)
+    mask[reference.top_k(energies, k)] = True
+    return mask.reshape(t, g, g)
+
+
+def rebuild(frames: np.ndarray, mask: np.ndarray, patch_size: int, rule: str) -> np.ndarray:
+    """float32 ``[T, 3, S, S]``: the clip as the kept patches show it; before a
+    position is first kept it shows mid-grey (``grey``) or frame 0 (``given``)."""
+    if rule == "grey":
+        state = np.full(frames.shape[1:], 128.0, dtype=np.float32)
+    else:
+        state = frames[0].astype(np.float32)
+    out = np.empty(frames.shape, dtype=np.float32)
+    for t in range(frames.shape[0]):
+        keep = np.kron(mask[t], np.ones((patch_size, patch_size), dtype=bool))
+        state = np.where(keep[None], frames[t], state)
+        out[t] = state
+    return out
+
+
+def psnr(reference: np.ndarray, rebuilt: np.ndarray) -> float:
+    mse = float(np.mean((reference.astype(np.float32) - rebuilt) ** 2))
+    return 100.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def evaluate(frames: np.ndarray, patch_size: int, ratios, seeds: int) -> dict:
+    """``{rule: {method: {ratio: psnr}}}`` for one clip."""
+    t, _, s, _ = frames.shape
+    g = s // patch_size
+    out: dict = {rule: {m: {} for m in METHODS} for rule in RULES}
+    for ratio in ratios:
+        k = max(1, min(t * g * g, round(ratio * t * g * g)))
+        masks = {
+            "energy": [energy_mask(frames, patch_size, k)],
+            "random": [random_mask(t, g, k, seed) for seed in range(seeds)],
+            "uniform": [uniform_mask(t, g, k)],
+            "energy_dc": [energy_dc_mask(frames, patch_size, k)],
+        }
+        for rule in RULES:
+            for method, group in masks.items():
+                out[rule][method][ratio] = statistics.fmean(
+                    psnr(frames, rebuild(frames, mask, patch_size, rule)) for mask in group
+                )
+    return out
+
+
+def plot(summary: dict, per_video: list[dict], ratios, path: str, title: str) -> None:
+    """PSNR against keep ratio, one panel per first-frame rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RULES), figsize=(11, 4.2), sharey=True)
+    xs = [100 * r for r in ratios]
+    for ax, rule in zip(axes, RULES):
+        for i, method in enumerate(METHODS):
+            color = f"C{i}"
+            style = "o--" if method == "energy_dc" else "o-"
+            for video in per_video:
+                ys = [video["psnr"][rule][method][r] for r in ratios]
+                ax.plot(xs, ys, color=color, alpha=0.12)
+            label = method + (" (diagnostic)" if method == "energy_dc" else "")
+            ys = [summary[rule][method][r] for r in ratios]
+            ax.plot(xs, ys, style, color=color, lw=2, label=label)
+        ax.set_title(f"first frame rule: {RULE_TITLES[rule]}", fontsize=9)
+        ax.set_xlabel("patches kept (% of T x N)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR of the rebuilt clip (dB)")
+    axes[0].legend(title="mean over videos (thin: each)", fontsize=8, title_fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+RULE_TITLES = {"grey": "grey 128 (kept patches alone)", "given": "frame 0 given (diagnostic)"}
+
+
+def decode_clip(path: str, args) -> np.ndarray:
+    from cps_ray import DecodeConfig, decode_only
+
+    cfg = DecodeConfig(
+        video_path=path,
+        sequence_length=args.sequence_length,
+        input_size=args.input_size,
+        decode_backend="cpu",
+    )
+    return decode_only(cfg).frames.numpy()
+
+
+def print_tables(summary: dict, per_video: list[dict], ratios, total: int) -> dict:
+    """One table per rule; returns ``{rule: {ratio: "wins/videos"}}`` (energy > random)."""
+    wins: dict = {}
+    for rule in RULES:
+        print(f"\nfirst-frame rule: {RULE_TITLES[rule]}; mean PSNR (dB) of the rebuilt clip")
+        names = " ".join(f"{m:>9}" for m in METHODS)
+        print(f"{'keep':>5} {'k':>5} {names}  energy-random  energy wins")
+        wins[rule] = {}
+        for r in ratios:
+            k = max(1, min(total, round(r * total)))
+            won = sum(
+                v["psnr"][rule]["energy"][r] > v["psnr"][rule]["random"][r] for v in per_video
+            )
+            wins[rule][str(r)] = f"{won}/{len(per_video)}"
+            cells = " ".join(f"{summary[rule][m][r]:9.2f}" for m in METHODS)
+            gain = summary[rule]["energy"][r] - summary[rule]["random"][r]
+            print(f"{r:5.0%} {k:5d} {cells}  {gain:+13.2f}  {won:>5}/{len(per_video)}")
+    return wins
+
+
+def _keys_to_str(tree):
+    if isinstance(tree, dict):
+        return {str(k): _keys_to_str(v) for k, v in tree.items()}
+    return tree
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("video_dir", help="folder of videos (searched recursively)")
+    ap.add_argument("--limit", type=int, default=8, help="use the first N videos (sorted)")
+    ap.add_argument("--keep-ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    ap.add_argument("--sequence-length", type=int, default=16)
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--patch-size", type=int, default=14)
+    ap.add_argument("--random-seeds", type=int, default=5)
+    ap.add_argument("--json", default="benchmark/out/selection_quality.json")
+    ap.add_argument("--png", default=None, help="PSNR against keep ratio (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if any(not 0 < r <= 1 for r in args.keep_ratios):
+        ap.error(f"--keep-ratios must lie in (0, 1], got {args.keep_ratios}")
+    if args.input_size % args.patch_size:
+        ap.error(f"--input-size {args.input_size} is not a multiple of --patch-size")
+    if args.png:
+        require("matplotlib", "--png")
+    from cps_ray.media import find_videos
+
+    paths = find_videos(args.video_dir)[: args.limit]
+    if not paths:
+        raise SystemExit(f"no videos found under {args.video_dir!r}")
+    machine = machine_info()
+    ratios = sorted(args.keep_ratios)
+    per_video = []
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            frames = decode_clip(path, args)
+        except Exception as err:
+            print(f"skipped {path}: {err}", file=sys.stderr)
+            continue
+        scores = evaluate(frames, args.patch_size, ratios, args.random_seeds)
+        per_video.append({"path": path, "psnr": scores})
+        grey = scores["grey"]
+        line = "  ".join(f"{m} " + "/".join(f"{grey[m][r]:.1f}" for r in ratios) for m in METHODS)
+        print(f"  {os.path.basename(path)[:40]:40} grey: {line}", file=sys.stderr, flush=True)
+    if not per_video:
+        raise SystemExit("no video could be decoded")
+    summary = {
+        rule: {
+            m: {r: statistics.fmean(v["psnr"][rule][m][r] for v in per_video) for r in ratios}
+            for m in METHODS
+        }
+        for rule in RULES
+    }
+    g = args.input_size // args.patch_size
+    total = args.sequence_length * g * g
+    print(describe(machine))
+    print(
+        f"{len(per_video)} videos, T={args.sequence_length}, S={args.input_size}, "
+        f"p={args.patch_size}, {total} patches per clip "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    wins = print_tables(summary, per_video, ratios, total)
+
+    report = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": machine,
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "png")},
+        "first_frame_rules": RULE_TITLES,
+        "mean_psnr_db": _keys_to_str(summary),
+        "energy_beats_random": wins,
+        "per_video": _keys_to_str(per_video),
+    }
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+    if args.png:
+        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
+        title = (
+            f"{len(per_video)} videos, T={args.sequence_length}, S={args.input_size}, "
+            f"p={args.patch_size}: energy (cps_ray) vs random-k vs uniform grid, equal k"
+        )
+        plot(summary, per_video, ratios, args.png, title)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
