@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 DECODE_TARGET = 1.3  # decode_only >= 1.3x decord's best, on CPU
 PATCH_TARGET = 0.9  # patch_stream within 10% of decode_only
@@ -150,3 +152,21 @@ def plot(results: list[dict], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def video_paths(video_dir: str, limit: int | None = None) -> list[str]:
+    """The videos under ``video_dir`` (recursive, sorted), at most ``limit``."""
+    from cps_ray.media import find_videos
+
+    paths = find_videos(video_dir)[:limit]
+    if not paths:
+        raise SystemExit(f"no videos found under {video_dir!r}")
+    return paths
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write a benchmark's JSON (folders made as needed) and say where."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    print(f"wrote {path}")

@@ -31,7 +31,6 @@ GPU build) is a ``skipped`` record with its reason. Nothing here is a test.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -227,11 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         require("decord", "--apis decord")
     if args.png:
         require("matplotlib", "--png")
-    from cps_ray.media import find_videos
-
-    paths = find_videos(args.video_dir)[: args.limit]
-    if not paths:
-        raise SystemExit(f"no videos found under {args.video_dir!r}")
+    paths = _report.video_paths(args.video_dir, args.limit)
     machine = machine_info()
     header = describe(machine)
     print(header, file=sys.stderr)
@@ -350,10 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "targets": summary,
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.json}")
+    _report.write_json(args.json, report)
     if args.png:
         os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
         title = f"{len(plans)} videos, T={args.sequence_length}, S={args.input_size}\n{header}"

@@ -9,11 +9,12 @@ Prints a table and writes JSON; nothing here is asserted by tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
+
+from _report import write_json
 
 import cps_ray
 from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, local_stream, select_patches
@@ -112,10 +113,7 @@ def main() -> None:
         "per_video": per_video,
         "local_stream": throughput,
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {args.json}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

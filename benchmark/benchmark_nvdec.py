@@ -11,12 +11,13 @@ reported as skipped. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import threading
 import time
+
+from _report import write_json
 
 
 def _sample_utilisation(stop: threading.Event, samples: list[tuple[int, int]]) -> None:
@@ -100,10 +101,7 @@ def main() -> None:
                 f"{r['resolution']:6} {r['clips_per_second']:8.1f} clips/s  NVDEC "
                 f"{r['nvdec_utilisation_mean']}%"
             )
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"results": results}, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, {"results": results})
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ Prints a table and writes JSON; nothing here is asserted by tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import numpy as np
+from _report import write_json
 
 
 def _run_local(paths, cfg, workers):
@@ -129,10 +129,7 @@ def main() -> None:
         f"object store per video: frames {frame_bytes / 1e6:.2f} MB uint8, "
         f"tokens {token_bytes / 1e6:.2f} MB; rows equal: {same}"
     )
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Prints a table and writes JSON; nothing here is asserted by tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from _report import write_json
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -140,10 +140,7 @@ def main() -> None:
             f"{r['bytes_read_per_second'] / 1e9:10.2f} {r['copy_bandwidth'] / 1e9:10.2f} "
             f"{r['share_of_copy_bandwidth']:6.1%}"
         )
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"machine": machine, "config": vars(args), "results": results}, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, {"machine": machine, "config": vars(args), "results": results})
 
 
 if __name__ == "__main__":

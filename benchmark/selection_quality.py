@@ -37,7 +37,6 @@ selection).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ import time
 
 import numpy as np
 from _machine import describe, machine_info, require
+from _report import video_paths, write_json
 
 METHODS = ("energy", "random", "uniform", "energy_dc")
 RULES = ("grey", "given")
@@ -235,11 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--input-size {args.input_size} is not a multiple of --patch-size")
     if args.png:
         require("matplotlib", "--png")
-    from cps_ray.media import find_videos
-
-    paths = find_videos(args.video_dir)[: args.limit]
-    if not paths:
-        raise SystemExit(f"no videos found under {args.video_dir!r}")
+    paths = video_paths(args.video_dir, args.limit)
     machine = machine_info()
     ratios = sorted(args.keep_ratios)
     per_video = []
@@ -283,10 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         "energy_beats_random": wins,
         "per_video": _keys_to_str(per_video),
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwrote {args.json}")
+    write_json(args.json, report)
     if args.png:
         os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
         title = (

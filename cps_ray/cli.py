@@ -19,12 +19,23 @@ from collections.abc import Sequence
 
 from .config import BACKENDS, UNIFORM_STRATEGIES
 from .errors import CpsRayError
-from .jobs import add_config_options, add_preprocess_options, positive_int
+from .jobs import add_config_options, add_preprocess_options, config_from_args, positive_int
 
 PROG = "cps-ray"
 DEMO_SEQUENCE_LENGTH = 8
 DEMO_KEEP_FRACTION = 0.25
 DECODE_SEQUENCE_LENGTH = 16
+
+
+def _add_picture_config_options(parser: argparse.ArgumentParser) -> None:
+    """The config flags of ``demo`` and ``select``: the job's, with the
+    demo's defaults (T=8, fp32, k_keep a share of all patches)."""
+    add_config_options(
+        parser, sequence_length=DEMO_SEQUENCE_LENGTH, k_keep=None, output_dtype="fp32"
+    )
+    for action in parser._actions:
+        if action.dest == "k_keep":
+            action.help = f"patches kept (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)"
 
 
 def _add_demo_parser(commands) -> None:
@@ -48,22 +59,7 @@ def _add_demo_parser(commands) -> None:
         "--cache", metavar="DIR", default=None,
         help="sample-video cache folder (.cache/demo_videos)",
     )  # fmt: skip
-    demo.add_argument(
-        "--sequence-length", type=positive_int, default=DEMO_SEQUENCE_LENGTH, metavar="T",
-        help=f"frames sampled per video ({DEMO_SEQUENCE_LENGTH})",
-    )  # fmt: skip
-    demo.add_argument(
-        "--input-size", type=positive_int, default=224, metavar="S",
-        help="frames are resized and center-cropped to S x S (224)",
-    )  # fmt: skip
-    demo.add_argument(
-        "--patch-size", type=positive_int, default=14, metavar="P",
-        help="patch side in pixels; must divide S (14)",
-    )  # fmt: skip
-    demo.add_argument(
-        "--k-keep", type=positive_int, default=None, metavar="K",
-        help=f"patches kept per video (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)",
-    )  # fmt: skip
+    _add_picture_config_options(demo)
     demo.add_argument(
         "--workers", type=positive_int, default=None, metavar="N",
         help="videos processed at once (default: the CPU cores)",
@@ -117,12 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     select.add_argument("video", metavar="VIDEO", help="a video file")
     select.add_argument("--png", required=True, metavar="FILE", help="the picture to write")
-    add_config_options(
-        select, sequence_length=DEMO_SEQUENCE_LENGTH, k_keep=None, output_dtype="fp32"
-    )
-    for action in select._actions:
-        if action.dest == "k_keep":
-            action.help = f"patches kept (default: {DEMO_KEEP_FRACTION * 100:g}%% of T * (S/P)**2)"
+    _add_picture_config_options(select)
 
     preprocess = commands.add_parser(
         "preprocess",
@@ -141,21 +132,12 @@ def _default_k_keep(sequence_length: int, input_size: int, patch_size: int) -> i
     return max(1, round(DEMO_KEEP_FRACTION * sequence_length * grid * grid))
 
 
-def _picture_config(args: argparse.Namespace, **fixed):
-    from .config import PatchStreamConfig
-
+def _picture_config(args: argparse.Namespace):
+    """The config of ``demo`` and ``select`` (see _add_picture_config_options)."""
     k_keep = args.k_keep
     if k_keep is None:
         k_keep = _default_k_keep(args.sequence_length, args.input_size, args.patch_size)
-    values = dict(
-        sequence_length=args.sequence_length,
-        input_size=args.input_size,
-        patch_size=args.patch_size,
-        k_keep=k_keep,
-        output_dtype="fp32",
-    )
-    values.update(fixed)
-    return PatchStreamConfig(**values)
+    return config_from_args(args, k_keep=k_keep)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -306,13 +288,7 @@ def _run_select(args: argparse.Namespace) -> int:
     from .pipeline import local_stream
 
     _require_pillow()  # fail before decoding
-    config = _picture_config(
-        args,
-        output_dtype=args.output_dtype,
-        decode_backend=args.decode_backend,
-        process_backend=args.process_backend,
-        uniform_strategy=args.uniform_strategy,
-    )
+    config = _picture_config(args)
     folder = os.path.dirname(os.path.abspath(args.png))
     if not os.path.isdir(folder):
         raise CpsRayError(f"cannot write {args.png!r}: folder {folder!r} does not exist")

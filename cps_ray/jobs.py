@@ -443,10 +443,15 @@ def build_preprocess_parser(prog: str = "preprocess.py") -> argparse.ArgumentPar
 def preprocess_main(argv: list[str] | None = None, prog: str = "preprocess.py") -> int:
     """``jobs/preprocess.py``: 0 when the job ran (failed videos included),
     2 for a job that cannot run as asked (one line on stderr)."""
-    parser = build_preprocess_parser(prog)
-    args = parser.parse_args(argv)
+    args = build_preprocess_parser(prog).parse_args(argv)
+    return run_entry_point(prog, preprocess_from_args, args)
+
+
+def run_entry_point(prog: str, run, args: argparse.Namespace) -> int:
+    """Run a job's ``run(args)``: 0 when it ran, 2 with one line on stderr
+    when it cannot run as asked (a ``CpsRayError``)."""
     try:
-        preprocess_from_args(args)
+        run(args)
     except CpsRayError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

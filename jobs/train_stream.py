@@ -31,7 +31,7 @@ except ImportError:  # a checkout whose package is not installed: use it, here a
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cps_ray import CpsRayError, PatchStreamConfig, TrainingBatches  # noqa: E402
+from cps_ray import PatchStreamConfig, TrainingBatches  # noqa: E402
 from cps_ray.jobs import (  # noqa: E402
     JobError,
     add_address_option,
@@ -40,6 +40,7 @@ from cps_ray.jobs import (  # noqa: E402
     connect_ray,
     find_inputs,
     positive_int,
+    run_entry_point,
 )
 
 
@@ -207,21 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0.0 < args.mask_ratio < 1.0:
-        print(f"train_stream.py: error: --mask-ratio must be in (0, 1), got {args.mask_ratio}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        parser.error(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     if args.dim % args.heads:
-        print(f"train_stream.py: error: --dim ({args.dim}) must be a multiple of --heads "
-              f"({args.heads})", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        train(args)
-    except CpsRayError as err:
-        print(f"train_stream.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
+        parser.error(f"--dim ({args.dim}) must be a multiple of --heads ({args.heads})")
+    return run_entry_point("train_stream.py", train, args)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,9 @@ def main(paths: list[str]) -> None:
     on_gpu = ray.get(resolve.options(num_gpus=1).remote(0))
     on_cpu = ray.get(resolve.options(num_gpus=0, num_cpus=1).remote(0))
 
-    cfg = PatchStreamConfig(
-        sequence_length=2,
-        input_size=28,
-        patch_size=14,
-        k_keep=4,
-        decode_backend="cpu",
-        process_backend="gpu",
-        output_dtype="fp32",
-    )
+    cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4,
+                            decode_backend="cpu", process_backend="gpu",
+                            output_dtype="fp32")  # fmt: skip
     rows = patch_dataset(paths, cfg).take_all()
     local = list(
         local_stream(paths, PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"}))

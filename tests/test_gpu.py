@@ -27,18 +27,17 @@ def test_nvdec_decode_close_to_cpu(media, name):
     assert diff < GPU_DECODE_TOLERANCE
 
 
+def _small(media, **backends) -> PatchStreamConfig:
+    return PatchStreamConfig(
+        str(media["h264.mp4"]), sequence_length=4, input_size=56, patch_size=14, k_keep=20,
+        **backends,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 @pytest.mark.parametrize("process", ["cpu", "gpu"])
 def test_four_combinations(media, decode, process):
-    cfg = PatchStreamConfig(
-        str(media["h264.mp4"]),
-        sequence_length=4,
-        input_size=56,
-        patch_size=14,
-        k_keep=20,
-        decode_backend=decode,
-        process_backend=process,
-    )
+    cfg = _small(media, decode_backend=decode, process_backend=process)
     with patch_stream(cfg) as s:
         want = "cpu" if process == "cpu" else "cuda:0"
         assert str(s.patches.device) == want
@@ -62,17 +61,7 @@ def test_gpu_selection_identical_to_cpu(media):
 def test_device_ids_are_honoured(media):
     count = torch.cuda.device_count()
     last = count - 1
-    cfg = PatchStreamConfig(
-        str(media["h264.mp4"]),
-        sequence_length=4,
-        input_size=56,
-        patch_size=14,
-        k_keep=20,
-        decode_backend="gpu",
-        process_backend="gpu",
-        decode_device_id=0,
-        process_device_id=last,
-    )
+    cfg = _small(media, decode_backend="gpu", process_backend="gpu", process_device_id=last)
     with patch_stream(cfg) as s:
         assert str(s.patches.device) == f"cuda:{last}"
     from cps_ray.errors import DeviceUnavailableError

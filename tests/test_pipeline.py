@@ -1,5 +1,7 @@
 """patch_dataset on one local Ray (num_cpus=2)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,24 +103,10 @@ def test_plan_gpu_cluster_auto_fuses_on_one_device():
 
 
 def test_plan_split_backends():
-    cfg = PatchStreamConfig(
-        sequence_length=4,
-        input_size=28,
-        patch_size=14,
-        k_keep=10,
-        decode_backend="cpu",
-        process_backend="gpu",
-    )
+    cfg = replace(CFG, decode_backend="cpu", process_backend="gpu")
     decode, select = plan_pipeline(cfg, {"CPU": 8.0, "GPU": 1.0}).stages
     assert decode.num_gpus == 0 and select.num_gpus > 0
-    gpu_cpu = PatchStreamConfig(
-        sequence_length=4,
-        input_size=28,
-        patch_size=14,
-        k_keep=10,
-        decode_backend="gpu",
-        process_backend="cpu",
-    )
+    gpu_cpu = replace(CFG, decode_backend="gpu", process_backend="cpu")
     decode, select = plan_pipeline(gpu_cpu, {"CPU": 8.0, "GPU": 1.0}).stages
     assert decode.num_gpus == 0.25 and select.num_gpus == 0
     with pytest.raises(DeviceUnavailableError, match="declares no GPU"):
