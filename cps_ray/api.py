@@ -50,6 +50,8 @@ def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) 
         device=resolved.decode_device,
         num_threads=num_threads,
         nvdec_fallback=config.decode_backend == "auto",
+        max_pixels=config.max_pixels,
+        timeout_s=config.decode_timeout_s,
     )
     # Only auto falls back (a file NVDEC cannot decode); the result says so.
     fell_back = out.device_fallback is not None

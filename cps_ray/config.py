@@ -19,6 +19,10 @@ Backend = Literal["auto", "cpu", "gpu"]
 UniformStrategy = Literal["auto", "index", "time"]
 OutputDtype = Literal["bf16", "fp16", "fp32"]
 
+# DCI 8K, 8192 x 4320: every real camera and codec level fits under it.
+DEFAULT_MAX_PIXELS = 8192 * 4320
+DEFAULT_DECODE_TIMEOUT_S = 600.0
+
 BACKENDS: tuple[str, ...] = get_args(Backend)
 UNIFORM_STRATEGIES: tuple[str, ...] = get_args(UniformStrategy)
 OUTPUT_DTYPES: tuple[str, ...] = get_args(OutputDtype)
@@ -83,6 +87,14 @@ class DecodeConfig:
         ffmpeg_threads: FFmpeg decode threads per video; 0 picks
             ``cores // concurrent videos`` so parallel decodes do not
             oversubscribe the machine.
+        max_pixels: the largest decoded frame (width x height) accepted;
+            a larger video is a ``DecodeError`` before any frame is decoded.
+            The default fits DCI 8K (8192 x 4320); ``None`` removes the cap.
+        decode_timeout_s: seconds one video may take; past it the video is a
+            ``DecodeError`` ("timed out"). In-process decoding checks it
+            between frames; the isolated workers of ``local_stream``, the
+            pipeline and the job also kill a decoder that hangs in native
+            code. ``None`` waits forever.
     """
 
     video_path: str | None = None
@@ -92,6 +104,8 @@ class DecodeConfig:
     uniform_strategy: UniformStrategy = "auto"
     input_size: int | None = None
     ffmpeg_threads: int = 0
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.video_path is not None:
@@ -112,6 +126,14 @@ class DecodeConfig:
         if self.input_size is not None:
             _check_int("input_size", self.input_size, 1)
         _check_int("ffmpeg_threads", self.ffmpeg_threads, 0)
+        if self.max_pixels is not None:
+            _check_int("max_pixels", self.max_pixels, 1)
+        if self.decode_timeout_s is not None:
+            t = self.decode_timeout_s
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+                raise ConfigError(
+                    "decode_timeout_s", t, "It must be a number of seconds > 0, or None."
+                )
 
     def require_path(self) -> str:
         if self.video_path is None:

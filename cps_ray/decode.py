@@ -17,21 +17,34 @@ over to the next, so a lying header never becomes an error:
    frames (files whose seeking is broken, e.g. MPEG-TS with a non-zero start,
    or whose first frames cannot be decoded). At most two passes, and never
    more than ``T`` decoded frames held at once.
+
+Bad and hostile inputs (see :mod:`cps_ray.guards`): the path is checked
+before FFmpeg opens it, a frame larger than ``max_pixels`` fails before any
+frame is decoded, and ``timeout_s`` is a deadline checked between opens,
+seeks and frames. Every failure is a one-line :class:`DecodeError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import sampling
+from . import faults, sampling
 from .errors import DecodeError
+from .guards import (
+    FATAL_OPEN,
+    Limits,
+    check_file,
+    declared_size,
+    ffmpeg_path,
+    open_reason,
+    short_reason,
+)
 
 ROUTES = ("header", "scan", "sequential")
 
@@ -88,18 +101,19 @@ class _UnknownFrameSize(Exception):
     """The header has no frame size, so the resize cannot be planned yet."""
 
 
-def _resize_transforms(input_size: int | None, frame_size=None) -> list | None:
+def _resize_transforms(input_size: int | None, limits: Limits, frame_size=None) -> list | None:
     """Decoder-side transforms of the resize policy.
 
     ``frame_size`` (h, w) is for files whose header lacks it; otherwise the
-    size is read from the (rotation-corrected) metadata when the file opens.
+    size is read from the (rotation-corrected) metadata when the file opens,
+    and checked against ``max_pixels`` before the codec is set up.
     """
     if input_size is None:
         return None
     from torchcodec.transforms import CenterCrop, Resize
 
     first = (
-        _ShortSideResize(input_size)
+        _ShortSideResize(input_size, limits)
         if frame_size is None
         else Resize(resized_dims(frame_size[0], frame_size[1], input_size))
     )
@@ -113,14 +127,16 @@ def _make_short_side_resize():
         """Decoder-side resize whose output size depends on the input's
         (rotated) size, which torchcodec only knows once the file is open."""
 
-        def __init__(self, size: int):
+        def __init__(self, size: int, limits: Limits):
             self.size = size
+            self.limits = limits
             self._out: tuple[int, int] | None = None
 
         def _make_transform_spec(self, input_dims):
             height, width = input_dims
             if not height or not width:
                 raise _UnknownFrameSize()
+            self.limits.check_size(height, width)
             self._out = resized_dims(int(height), int(width), self.size)
             return f"resize, {self._out[0]}, {self._out[1]}"
 
@@ -133,98 +149,86 @@ def _make_short_side_resize():
 class _LazyShortSideResize:
     _cls = None
 
-    def __call__(self, size: int):
+    def __call__(self, size: int, limits: Limits):
         if _LazyShortSideResize._cls is None:
             _LazyShortSideResize._cls = _make_short_side_resize()
-        return _LazyShortSideResize._cls(size)
+        return _LazyShortSideResize._cls(size, limits)
 
 
 _ShortSideResize = _LazyShortSideResize()
 
 
-def _check_file(path: str) -> None:
-    """Reasons FFmpeg would report badly, found before it opens the file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DecodeError(path, "file not found") from None
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
-    except OSError as e:
-        raise DecodeError(path, f"cannot stat the file ({e.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DecodeError(path, "is a directory, not a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise DecodeError(path, "is not a regular file")
-    if st.st_size == 0:
-        raise DecodeError(path, "empty file (0 bytes)")
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
-    except OSError as e:
-        raise DecodeError(path, f"cannot read the file ({e.strerror})") from None
-
-
-def _short(err: BaseException) -> str:
-    """The message of a torchcodec error without its C++ source location."""
-    text = " ".join(str(err).split())
-    # "decodeAVFrame, /path/File.cpp:1411, Could not flush decoder: ..." -> the last part.
-    if ".cpp:" in text:
-        text = text.split(".cpp:", 1)[1].split(",", 1)[-1].strip()
-    return text[:200]
-
-
-def _open_reason(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    if "best video stream is unknown" in text or "No valid stream" in text:
-        return "no video stream in the file"
-    if "Could not open input file" in text:
-        detail = text.split("Could not open input file:", 1)[-1].strip()
-        # "name Invalid data found when processing input" -> the FFmpeg part.
-        for known in ("Invalid data found when processing input", "End of file"):
-            if known in detail:
-                return f"not a video, or too damaged to open (FFmpeg: {known})"
-        return f"FFmpeg cannot open it ({detail})"
-    return f"cannot open it ({type(err).__name__}: {text[:200]})"
-
-
-# Open errors a later route cannot cure.
-_FATAL_OPEN = ("no video stream", "not a video", "FFmpeg cannot open")
-
-
 def _open(path: str, seek_mode: str, *, transforms, device: str, num_threads: int):
     from torchcodec.decoders import VideoDecoder
 
-    return VideoDecoder(
-        path,
+    options = dict(
         seek_mode=seek_mode,
         num_ffmpeg_threads=num_threads,
         device=device,
         transforms=transforms,
         dimension_order="NCHW",
     )
+    try:
+        return VideoDecoder(ffmpeg_path(path), **options)
+    except Exception as e:
+        # FFmpeg's image2 demuxer reads "%d" (or a glob) in an image's name
+        # as a pattern and finds no file: hand it the file's bytes instead.
+        if "No such file or directory" not in str(e) or not os.path.isfile(path):
+            raise
+    return VideoDecoder(open(path, "rb"), **options)  # the decoder keeps the file open
 
 
-def _iter_frames(decoder) -> Iterator[tuple[torch.Tensor, float, float]]:
+def _opened(decoder, limits: Limits):
+    """``decoder`` once its header is read: checked before any frame is decoded."""
+    limits.check_time()
+    md = decoder.metadata
+    limits.check_size(md.height, md.width)
+    return decoder
+
+
+def _iter_frames(decoder, limits: Limits) -> Iterator[tuple[torch.Tensor, float, float]]:
     """Frames in decode order from the start, without seeking.
 
     torchcodec's public indexing always seeks, which is exactly what fails
     on files this route exists for; its core op ``get_next_frame`` does not.
-    A decoding error mid-file ends the walk: what came before is kept.
+    A decoding error mid-file ends the walk: what came before is kept. The
+    deadline is checked before every frame.
     """
     from torchcodec import _core
 
     while True:
+        limits.check_time()
         try:
             frame, pts, duration = _core.get_next_frame(decoder._decoder)
         except (IndexError, RuntimeError):
             return
+        limits.check_size(frame.shape[-2], frame.shape[-1])
         yield frame, float(pts), float(duration)
 
 
-def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate: bool):
+# Frames fetched per seek call, so that the deadline is checked between seeks.
+_SEEK_CHUNK = 8
+
+
+def _seek_frames(get, targets: list, limits: Limits):
+    """(data, pts, duration) of ``get(targets)``, a few targets per call."""
+    parts = []
+    for start in range(0, len(targets), _SEEK_CHUNK):
+        limits.check_time()
+        parts.append(get(targets[start : start + _SEEK_CHUNK]))
+    limits.check_size(*parts[0].data.shape[-2:])
+    if len(parts) == 1:
+        return parts[0].data, parts[0].pts_seconds, parts[0].duration_seconds
+    return (
+        torch.cat([b.data for b in parts]),
+        torch.cat([b.pts_seconds for b in parts]),
+        torch.cat([b.duration_seconds for b in parts]),
+    )
+
+
+def _sample_seeking(
+    decoder, strategy: str, sequence_length: int, *, trust_rate: bool, limits: Limits
+):
     """(positions, frames, timestamps, num_frames) using torchcodec's seeks.
 
     Seeking is checked, not trusted: some containers (MPEG-PS, some MPEG-TS)
@@ -242,9 +246,8 @@ def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate:
         targets = sampling.time_targets(begin, end, sequence_length)
         targets = np.minimum(targets, np.nextafter(end, -np.inf))
         uniq, inverse = np.unique(targets, return_inverse=True)
-        batch = decoder.get_frames_played_at(uniq.tolist())
-        pts = batch.pts_seconds.to(torch.float64)
-        dur = batch.duration_seconds.to(torch.float64)
+        data, pts, dur = _seek_frames(decoder.get_frames_played_at, uniq.tolist(), limits)
+        pts, dur = pts.to(torch.float64), dur.to(torch.float64)
         wanted = torch.from_numpy(uniq)
         slack = 1e-3
         if bool((pts > wanted + slack).any()) or bool((pts + dur + slack < wanted).any()):
@@ -262,13 +265,12 @@ def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate:
             raise ValueError("frame count unknown")
         positions_np = sampling.index_positions(int(n), sequence_length)
         uniq, inverse = np.unique(positions_np, return_inverse=True)
-        batch = decoder.get_frames_at(uniq.tolist())
-        pts = batch.pts_seconds.to(torch.float64)
+        data, pts, dur = _seek_frames(decoder.get_frames_at, uniq.tolist(), limits)
+        pts, dur = pts.to(torch.float64), dur.to(torch.float64)
         if pts.numel() > 1 and bool((pts[1:] <= pts[:-1]).any()):
             raise ValueError("seeking returned the same frame for different indices")
         # Frame 0 must be the stream's first frame and frame n-1 its last:
         # a header that overcounts, or undecodable leading packets, fail here.
-        dur = batch.duration_seconds.to(torch.float64)
         first_ref = _first(md.begin_stream_seconds_from_content, md.begin_stream_seconds)
         last_ref = _first(md.end_stream_seconds_from_content, md.end_stream_seconds)
         if first_ref is not None and abs(float(pts[0]) - first_ref) > 1e-3:
@@ -285,9 +287,9 @@ def _sample_seeking(decoder, strategy: str, sequence_length: int, *, trust_rate:
                 raise ValueError("frames are not where a constant frame rate puts them")
         positions = torch.from_numpy(positions_np)
     if len(uniq) == len(inverse):  # no repeated frame: the batch is already in order
-        return positions, batch.data, pts, int(md.num_frames or 0)
+        return positions, data, pts, int(md.num_frames or 0)
     inv = torch.from_numpy(inverse)
-    return positions, batch.data[inv], pts[inv], int(md.num_frames or 0)
+    return positions, data[inv], pts[inv], int(md.num_frames or 0)
 
 
 def _first(*values):
@@ -297,6 +299,7 @@ def _first(*values):
 def _walk(
     open_decoder: Callable[[], object],
     keep: Callable[[int, float, float | None], bool],
+    limits: Limits,
 ) -> tuple[dict[int, tuple[torch.Tensor, float]], np.ndarray, float]:
     """Decode every frame once; hold only those ``keep(pos, pts, next_pts)`` wants."""
     decoder = open_decoder()
@@ -304,7 +307,7 @@ def _walk(
     all_pts: list[float] = []
     prev: tuple[int, torch.Tensor, float] | None = None
     last_duration = 0.0
-    for pos, (frame, pts, duration) in enumerate(_iter_frames(decoder)):
+    for pos, (frame, pts, duration) in enumerate(_iter_frames(decoder, limits)):
         if prev is not None and keep(prev[0], prev[2], pts):
             kept[prev[0]] = (prev[1], prev[2])
         prev = (pos, frame, pts)
@@ -327,7 +330,9 @@ def _time_keep(targets: np.ndarray) -> Callable[[int, float, float | None], bool
     return keep
 
 
-def _sample_sequential(open_decoder, strategy: str, sequence_length: int, hint_decoder):
+def _sample_sequential(
+    open_decoder, strategy: str, sequence_length: int, hint_decoder, limits: Limits
+):
     md = hint_decoder.metadata if hint_decoder is not None else None
     if strategy == "time":
         begin = md.begin_stream_seconds if md is not None else None
@@ -341,7 +346,7 @@ def _sample_sequential(open_decoder, strategy: str, sequence_length: int, hint_d
         def keep(pos, pts, next_pts):
             return pos in guess
 
-    kept, all_pts, last_duration = _walk(open_decoder, keep)
+    kept, all_pts, last_duration = _walk(open_decoder, keep, limits)
     if len(all_pts) == 0:
         raise ValueError("no frame could be decoded")
     # Display order: B-frames can leave pts unsorted in decode order.
@@ -365,12 +370,35 @@ def _sample_sequential(open_decoder, strategy: str, sequence_length: int, hint_d
     decode_pos = ranks if rank_of_decode is None else order[ranks]
     wanted = set(decode_pos.tolist())
     if not wanted.issubset(kept):
-        kept, _, _ = _walk(open_decoder, lambda pos, pts, nxt: pos in wanted)
+        kept, _, _ = _walk(open_decoder, lambda pos, pts, nxt: pos in wanted, limits)
         if not wanted.issubset(kept):
             raise ValueError("the file decoded differently on a second pass")
     frames = torch.stack([kept[int(p)][0] for p in decode_pos])
     timestamps = torch.tensor([kept[int(p)][1] for p in decode_pos], dtype=torch.float64)
     return torch.as_tensor(ranks, dtype=torch.int64), frames, timestamps, n
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One ``decode_frames`` call, as the routes below need it."""
+
+    path: str
+    sequence_length: int
+    uniform_strategy: str
+    input_size: int | None
+    device: str
+    num_threads: int
+    limits: Limits
+
+    def open(self, seek_mode: str, transforms=None):
+        decoder = _open(
+            self.path,
+            seek_mode,
+            transforms=transforms,
+            device=self.device,
+            num_threads=self.num_threads,
+        )
+        return _opened(decoder, self.limits)
 
 
 def decode_frames(
@@ -382,6 +410,8 @@ def decode_frames(
     device: str = "cpu",
     num_threads: int = 1,
     nvdec_fallback: bool = False,
+    max_pixels: int | None = None,
+    timeout_s: float | None = None,
 ) -> VideoFrames:
     """Decode ``sequence_length`` uniform frames of ``path``.
 
@@ -389,103 +419,92 @@ def decode_frames(
     ``[T, 3, H, W]`` when ``input_size`` is None) on ``device``. A CUDA
     ``device`` decodes on NVDEC; a file NVDEC cannot decode raises, or with
     ``nvdec_fallback`` (``auto``) decodes on the CPU and says why in
-    ``device_fallback``. Raises :class:`DecodeError` with a one-line reason
-    naming the file.
+    ``device_fallback``.
+
+    ``max_pixels``: a video whose frames (width x height) are larger fails
+    before any frame is decoded; None removes the cap. ``timeout_s``: seconds
+    the call may take, checked between opens, seeks and frames (a decoder
+    stuck inside FFmpeg is not interrupted); None waits forever.
+
+    Raises :class:`DecodeError` with a one-line reason naming the file.
     """
     path = os.fspath(path)
-    _check_file(path)
+    faults.inject(path)
+    limits = Limits(path, max_pixels, timeout_s)
+    declared = declared_size(check_file(path))
+    if declared is not None:
+        limits.check_size(*declared)
+    request = _Request(
+        path, sequence_length, uniform_strategy, input_size, device, num_threads, limits
+    )
     if device.startswith("cuda"):
-        return _decode_cuda(
-            path,
-            sequence_length,
-            uniform_strategy,
-            input_size,
-            device,
-            num_threads,
-            nvdec_fallback,
-        )
+        return _decode_cuda(request, nvdec_fallback)
+    return _decode_cpu(request)
+
+
+def _decode_cpu(req: _Request) -> VideoFrames:
     try:
-        return _decode_routes(
-            path,
-            _resize_transforms(input_size),
-            sequence_length,
-            uniform_strategy,
-            device,
-            num_threads,
-        )
+        return _decode_routes(req, _resize_transforms(req.input_size, req.limits))
     except _UnknownFrameSize:
         pass
     # No frame size in the header: learn it from the first decoded frame.
-    size = _first_frame_size(path, device, num_threads)
-    return _decode_routes(
-        path,
-        _resize_transforms(input_size, size),
-        sequence_length,
-        uniform_strategy,
-        device,
-        num_threads,
-    )
+    size = _first_frame_size(req)
+    return _decode_routes(req, _resize_transforms(req.input_size, req.limits, size))
 
 
-def _decode_cuda(
-    path, sequence_length, uniform_strategy, input_size, device, num_threads, nvdec_fallback
-) -> VideoFrames:
+def _decode_cuda(req: _Request, nvdec_fallback: bool) -> VideoFrames:
     """NVDEC decode at native size, then the resize policy on the GPU."""
     try:
-        probe = _open(path, "approximate", transforms=None, device=device, num_threads=num_threads)
+        probe = req.open("approximate")
         fallback = probe.cpu_fallback
         reason = str(fallback).split("Falling back due to:", 1)[-1].strip() if fallback else None
+    except DecodeError:
+        raise
     except Exception as e:
         reason = None
-        opened = _open_reason(e)
-        if opened.startswith(_FATAL_OPEN):
-            raise DecodeError(path, opened) from None
+        opened = open_reason(e, req.path)
+        if opened.startswith(FATAL_OPEN):
+            raise DecodeError(req.path, opened) from None
     if reason is not None:
         if not nvdec_fallback:
             raise DecodeError(
-                path,
-                f"NVDEC cannot decode it on {device} ({reason}); use decode_backend='cpu', "
+                req.path,
+                f"NVDEC cannot decode it on {req.device} ({reason}); use decode_backend='cpu', "
                 "or 'auto' to fall back to the CPU",
             )
-        out = decode_frames(
-            path,
-            sequence_length=sequence_length,
-            uniform_strategy=uniform_strategy,
-            input_size=input_size,
-            device="cpu",
-            num_threads=num_threads,
-        )
+        out = _decode_cpu(dataclasses.replace(req, device="cpu"))
         return dataclasses.replace(out, device_fallback=reason)
-    out = _decode_routes(path, None, sequence_length, uniform_strategy, device, num_threads)
-    if input_size is None:
+    out = _decode_routes(req, None)
+    if req.input_size is None:
         return out
     from .resize import resize_center_crop
 
-    return dataclasses.replace(out, frames=resize_center_crop(out.frames, input_size))
+    return dataclasses.replace(out, frames=resize_center_crop(out.frames, req.input_size))
 
 
-def _first_frame_size(path: str, device: str, num_threads: int) -> tuple[int, int]:
+def _first_frame_size(req: _Request) -> tuple[int, int]:
     for seek_mode in ("approximate", "exact"):
         try:
-            decoder = _open(
-                path, seek_mode, transforms=None, device=device, num_threads=num_threads
-            )
-        except Exception:
+            decoder = req.open(seek_mode)
+        except DecodeError:
+            raise
+        except Exception as e:
+            reason = open_reason(e, req.path)
+            if reason.startswith(FATAL_OPEN):
+                raise DecodeError(req.path, reason) from None
             continue
-        for frame, _, _ in _iter_frames(decoder):
+        for frame, _, _ in _iter_frames(decoder, req.limits):
             return int(frame.shape[-2]), int(frame.shape[-1])
-    raise DecodeError(path, "too damaged to decode: no frame could be decoded")
+    raise DecodeError(req.path, "too damaged to decode: no frame could be decoded")
 
 
-def _decode_routes(path, transforms, sequence_length, uniform_strategy, device, num_threads):
+def _decode_routes(req: _Request, transforms) -> VideoFrames:
     def opener(seek_mode: str):
-        return lambda: _open(
-            path, seek_mode, transforms=transforms, device=device, num_threads=num_threads
-        )
+        return lambda: req.open(seek_mode, transforms)
 
     attempts = (
         [("scan", "exact")]
-        if uniform_strategy == "index"
+        if req.uniform_strategy == "index"
         else [
             ("header", "approximate"),
             ("scan", "exact"),
@@ -493,33 +512,49 @@ def _decode_routes(path, transforms, sequence_length, uniform_strategy, device, 
     )
     hint_decoder = None
     for route, seek_mode in attempts:
+        req.limits.check_time()
         try:
             decoder = opener(seek_mode)()
-        except _UnknownFrameSize:
+        except (_UnknownFrameSize, DecodeError):
             raise
-        except DecodeError as e:
-            raise DecodeError(path, e.reason) from None
         except Exception as e:  # torchcodec raises RuntimeError/ValueError
-            reason = _open_reason(e)
-            if reason.startswith(_FATAL_OPEN):
-                raise DecodeError(path, reason) from None
+            reason = open_reason(e, req.path)
+            if reason.startswith(FATAL_OPEN):
+                raise DecodeError(req.path, reason) from None
             continue
         hint_decoder = hint_decoder or decoder
         try:
             positions, frames, timestamps, n = _sample_seeking(
-                decoder, uniform_strategy, sequence_length, trust_rate=route == "header"
+                decoder,
+                req.uniform_strategy,
+                req.sequence_length,
+                trust_rate=route == "header",
+                limits=req.limits,
             )
+        except DecodeError:
+            raise
         except Exception:
             continue  # the next route is slower and does not trust what failed here
         return VideoFrames(frames.contiguous(), positions, timestamps, n, route)
 
-    seq_mode = "approximate" if hint_decoder is None else "exact"
-    try:
-        positions, frames, timestamps, n = _sample_sequential(
-            opener(seq_mode), uniform_strategy, sequence_length, hint_decoder
-        )
-    except DecodeError as e:
-        raise DecodeError(path, e.reason) from None
-    except Exception as e:
-        raise DecodeError(path, f"too damaged to decode: {_short(e)}") from None
-    return VideoFrames(frames.contiguous(), positions, timestamps, n, "sequential")
+    # The walk after a successful open uses the exact mode; where that mode
+    # cannot read from the start again (a JPEG through FFmpeg's image2
+    # demuxer), the approximate mode can.
+    failure: Exception | None = None
+    for seq_mode in ("approximate",) if hint_decoder is None else ("exact", "approximate"):
+        req.limits.check_time()
+        try:
+            positions, frames, timestamps, n = _sample_sequential(
+                opener(seq_mode),
+                req.uniform_strategy,
+                req.sequence_length,
+                hint_decoder,
+                req.limits,
+            )
+        except (_UnknownFrameSize, DecodeError):
+            raise
+        except Exception as e:
+            failure = e
+            continue
+        return VideoFrames(frames.contiguous(), positions, timestamps, n, "sequential")
+    raise DecodeError(req.path, f"too damaged to decode: {short_reason(failure)}")

@@ -26,13 +26,22 @@ class DeviceUnavailableError(CpsRayError):
         super().__init__(f"{field}={value!r} cannot run on this node: {node_has}")
 
 
+def printable_path(path: str) -> str:
+    """``path`` for a one-line message: control characters (a newline in a
+    file name, say) are shown escaped, as ``repr`` would."""
+    if path.isprintable():
+        return path
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
 class DecodeError(CpsRayError):
-    """A video could not be decoded. The message is one line naming the file."""
+    """A video could not be decoded. The message is one line naming the file
+    (control characters in its name escaped); ``path`` is the name as given."""
 
     def __init__(self, path: str, reason: str):
         self.path = path
         self.reason = " ".join(str(reason).split())
-        super().__init__(f"{path}: {self.reason}")
+        super().__init__(f"{printable_path(str(path))}: {self.reason}")
 
 
 class SessionClosedError(CpsRayError):
