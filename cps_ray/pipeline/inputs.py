@@ -1,17 +1,38 @@
 """Inputs of ``local_stream`` and ``patch_dataset``: a list of paths or a
 manifest file (text with one path per line, CSV or Parquet with a ``path``
-column). Paths are data: they are never passed through a shell.
+column). Paths are data: they are never passed through a shell, and a local
+name is never read by FFmpeg as one of its protocols (see :func:`local_name`).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterable
 
 from ..errors import ConfigError
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".csv", ".parquet", ".pq")
+# What FFmpeg's url_find_protocol reads as "PROTOCOL:rest" (file:, pipe:,
+# concat:, subfile,,...:), instead of the name of a local file.
+FFMPEG_PROTOCOL_PREFIX = re.compile(r"[A-Za-z0-9+.-]*:|subfile,.*:", re.DOTALL)
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path: str) -> bool:
+    """``scheme://...`` (``s3://``, ``gs://``, ``https://``): kept as given."""
+    return URI.match(path) is not None
+
+
+def local_name(path: str) -> str:
+    """``path``, with ``./`` in front when it is a relative name FFmpeg would
+    take for a protocol: ``file:b.mp4`` would open ``b.mp4``, ``pipe:0`` stdin,
+    ``concat:a|b`` two other files. URIs (``scheme://``) are kept as they are.
+    """
+    if is_uri(path) or os.path.isabs(path) or not FFMPEG_PROTOCOL_PREFIX.match(path):
+        return path
+    return os.path.join(".", path)
 
 
 def is_manifest(path: str) -> bool:
@@ -51,7 +72,7 @@ def read_manifest(path: str) -> list[str]:
             entries = [
                 line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")
             ]
-    return [e if "://" in e or os.path.isabs(e) else os.path.join(base, e) for e in entries]
+    return [e if is_uri(e) or os.path.isabs(e) else os.path.join(base, e) for e in entries]
 
 
 def resolve_inputs(inputs) -> list[str]:
@@ -71,6 +92,6 @@ def resolve_inputs(inputs) -> list[str]:
         for item in inputs:
             if not isinstance(item, (str, os.PathLike)):
                 raise ConfigError("inputs", item, "Each input must be a path (str or PathLike).")
-            paths.append(os.fspath(item))
+            paths.append(local_name(os.fspath(item)))
         return paths
     raise ConfigError("inputs", inputs, "Pass a list of video paths or a manifest path.")

@@ -1,0 +1,266 @@
+"""Shards are written atomically, and a run killed halfway then resumed gives
+the output of a run that was never interrupted: same shards, same errors
+table, every input exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from local_ray_head import psutil, session_processes
+
+from cps_ray import PatchStreamConfig
+from cps_ray.jobs import preprocess_main, run_preprocess
+from cps_ray.pipeline.shards import OutputNotEmptyError, read_output, write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
+CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
+ROW_COLUMNS = ("path", "patches", "meta_fields", "meta_scores", "frame_indices", "timestamps")
+# The killed run: good and broken videos, and one the decoder hangs on (a copy
+# of a good one, named in CPS_RAY_TEST_HANG_ON), so the kill lands mid-run.
+KILLED_RUN_INPUTS = [
+    "h264.mp4", "vp8.webm", "mpeg2.mpg", "mpeg4.avi", "broken/text.mp4", "gop1.mp4",
+    "short5.mp4", "one_frame.mp4", "broken/empty.mp4", "portrait_64x112.mp4",
+    "faststart.mp4", "HANG", "h264_444.mp4", "vfr.mp4",
+]  # fmt: skip
+HANG_NAME = "stall.mp4"
+START_SECONDS = 240
+
+
+class RowsDataset:
+    """What ``write_shards`` reads of a Ray dataset: pyarrow batches, in order.
+
+    ``fail_after``: raise after that many batches, as a driver killed between
+    two shards would stop.
+    """
+
+    def __init__(self, paths, errors=None, fail_after=None):
+        errors = errors or [None] * len(paths)
+        self.table = pa.table(
+            {
+                "path": pa.array(paths, pa.string()),
+                "value": pa.array([len(p) for p in paths], pa.int64()),
+                "error": pa.array(errors, pa.string()),
+            }
+        )
+        self.fail_after = fail_after
+
+    def iter_batches(self, *, batch_size, batch_format):
+        assert batch_format == "pyarrow"
+        for number, start in enumerate(range(0, self.table.num_rows, batch_size)):
+            if self.fail_after is not None and number == self.fail_after:
+                raise KeyboardInterrupt("killed")
+            yield self.table.slice(start, batch_size)
+
+
+def _paths_and_errors(n: int, failing=(2, 5)):
+    paths = [f"/videos/v{i:02d}.mp4" for i in range(n)]
+    errors = [f"{p}: not a video" if i in failing else None for i, p in enumerate(paths)]
+    return paths, errors
+
+
+def _files(out: Path) -> dict[str, str]:
+    """relative path -> sha256 of the shards and the errors table."""
+    found = sorted((out / "shards").glob("*")) + [out / "errors.parquet"]
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in found
+        if p.is_file()
+    }
+
+
+def test_temporary_files_never_count_and_the_next_run_deletes_them(tmp_path):
+    out = tmp_path / "out"
+    paths, errors = _paths_and_errors(6)
+    write_shards(RowsDataset(paths[:3], errors[:3]), out, rows_per_shard=2)
+    before = read_output(out)
+    assert [s["file"] for s in before.shards] == ["shards/shard-00000.parquet"]
+    # What a run killed while writing leaves: half files under temporary names.
+    leftovers = [
+        "shards/shard-00001.parquet.tmp-0badf00d",
+        "shards/shard-00007.parquet.tmp-12345678",
+        "errors.parquet.tmp-abcdef01",
+        "manifest.json.tmp-00000000",
+    ]
+    for name in leftovers:
+        (out / name).write_bytes(b"PAR1 half a shard")
+    (out / "shards" / "notes.txt").write_text("not ours")
+    seen = read_output(out)
+    assert seen.shards == before.shards and seen.shard_paths == before.shard_paths
+    assert seen.next_shard_index == 1
+    assert sorted(seen.temporaries) == sorted(leftovers)
+
+    manifest = write_shards(RowsDataset(paths, errors), out, rows_per_shard=2, resume=True)
+    assert manifest["run"]["new_shards"] == ["shards/shard-00001.parquet"]
+    assert manifest["skipped"] == 3  # rows the output had are not written again
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (6, 4, 2)
+    for name in leftovers:
+        assert not (out / name).exists()
+    assert (out / "shards" / "notes.txt").exists()  # only our own temporaries go
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+    ]
+
+
+def test_every_path_is_written_once(tmp_path):
+    """Duplicated inputs, or a row a retried task gives twice, are written once."""
+    out = tmp_path / "out"
+    paths, errors = _paths_and_errors(5)
+    rows = [0, 1, 1, 2, 3, 2, 4, 0]  # duplicates of good and failed rows
+    ds = RowsDataset([paths[i] for i in rows], [errors[i] for i in rows])
+    manifest = write_shards(ds, out, rows_per_shard=2)
+    written = read_output(out)
+    assert list(written.shard_paths) == [paths[0], paths[1], paths[3], paths[4]]
+    assert list(written.error_paths) == [paths[2]]
+    assert manifest["duplicate_rows"] == 3
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (5, 4, 1)
+    assert manifest["complete"] is True
+
+
+def test_write_shards_without_resume_refuses_an_output_that_holds_a_run(tmp_path):
+    out = tmp_path / "out"
+    paths, errors = _paths_and_errors(3)
+    write_shards(RowsDataset(paths, errors), out, rows_per_shard=1)
+    before = _files(out)
+    with pytest.raises(OutputNotEmptyError, match="already holds a run .* resume=True"):
+        write_shards(RowsDataset(paths[:1]), out, rows_per_shard=1)
+    assert _files(out) == before
+
+
+def test_interrupted_write_resumed_equals_one_write(tmp_path):
+    """No Ray: the rows stop between two shards; resuming with what is not in
+    the output gives the files of one uninterrupted write."""
+    paths, errors = _paths_and_errors(11, failing=(1, 4, 9))
+    clean = tmp_path / "clean"
+    write_shards(RowsDataset(paths, errors), clean, rows_per_shard=2, config=CFG)
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(RowsDataset(paths, errors, fail_after=3), out, rows_per_shard=2, config=CFG)
+    killed = read_output(out)
+    assert killed.manifest["complete"] is False  # provisional, with the settings
+    assert killed.manifest["config"]["k_keep"] == CFG.k_keep
+    assert not killed.has_errors_file and len(killed.shards) == 2
+    todo = [p for p in paths if p not in killed.done_paths]
+    ds = RowsDataset(todo, [errors[paths.index(p)] for p in todo])
+    skipped = len(paths) - len(todo)
+    manifest = write_shards(ds, out, rows_per_shard=2, config=CFG, resume=True, skipped=skipped)
+    assert _files(out) == _files(clean)
+    final = json.loads((clean / "manifest.json").read_text())
+    for key in ("ok", "failed", "shards", "complete"):
+        assert manifest[key] == final[key]
+    assert manifest["inputs"] == len(paths) == manifest["ok"] + manifest["failed"]
+
+
+# --- the job, killed for real ----------------------------------------------------------------
+
+
+def _kill_session(leader: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group and every process of its session
+    (the local Ray it started: GCS, raylet, workers, their decoders)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while leftovers := session_processes(leader.pid):
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(leftovers, timeout=5)
+        assert time.monotonic() < deadline, f"processes outlive the kill: {leftovers}"
+
+
+def _rows(out: Path) -> list[tuple]:
+    """Every shard row as (path, then dtype, shape and bytes of each array column)."""
+    rows = []
+    for shard in sorted((out / "shards").glob("shard-*.parquet")):
+        for row in pq.read_table(shard, columns=list(ROW_COLUMNS)).to_pylist():
+            arrays = [np.asarray(row[c]) for c in ROW_COLUMNS[1:]]
+            rows.append((row["path"], *((a.dtype.str, a.shape, a.tobytes()) for a in arrays)))
+    return rows
+
+
+def _shards_of(out: Path) -> list[list[str]]:
+    return [
+        pq.read_table(p, columns=["path"]).column("path").to_pylist()
+        for p in sorted((out / "shards").glob("shard-*.parquet"))
+    ]
+
+
+def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    inputs = []
+    for name in KILLED_RUN_INPUTS:
+        target = videos / (HANG_NAME if name == "HANG" else name.replace("/", "_"))
+        shutil.copy(media["h264.mp4" if name == "HANG" else name], target)
+        inputs.append(str(target))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in inputs))
+    args = ["--input", str(listing), "--rows-per-shard", "2", *SMALL]
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CPS_RAY_TEST_HANG_ON=HANG_NAME, RAY_USAGE_STATS_ENABLED="0")
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, str(REPO / "jobs" / "preprocess.py"), *args, "--output", str(out)],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        # Meanwhile, the same inputs in one uninterrupted run (on the session's Ray).
+        clean = tmp_path / "clean"
+        clean_manifest = run_preprocess(listing, clean, CFG, rows_per_shard=2, log=lambda _: None)
+        deadline = time.monotonic() + START_SECONDS
+        while not list((out / "shards").glob("shard-*.parquet")):
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.2)
+    finally:
+        _kill_session(driver)
+    assert not session_processes(driver.pid)
+
+    killed = read_output(out)
+    assert killed.shards and killed.manifest["complete"] is False
+    # A shard being written when the driver died stays a temporary: plant one.
+    (out / "shards" / "shard-00099.parquet.tmp-0badf00d").write_bytes(b"PAR1 half")
+    assert read_output(out).shards == killed.shards
+
+    assert preprocess_main([*args, "--output", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    skipped = len(killed.shard_paths)
+    assert f"preprocess: {len(inputs)} inputs, {skipped} already in the output (skipped)" in printed
+    assert "half-written files of a killed run will be deleted" in printed
+    assert not list(out.rglob("*.tmp-*"))
+
+    # The resumed output is the clean run's: same shards (grouping and bytes),
+    # same rows bit for bit, same errors table.
+    assert _shards_of(out) == _shards_of(clean)
+    assert _rows(out) == _rows(clean)
+    assert _files(out) == _files(clean)
+    ok_paths = [p for shard in _shards_of(out) for p in shard]
+    error_paths = pq.read_table(out / "errors.parquet").column("path").to_pylist()
+    assert error_paths == [str(videos / "broken_text.mp4"), str(videos / "broken_empty.mp4")]
+    assert len(ok_paths + error_paths) == len(set(ok_paths + error_paths)) == len(inputs)
+    assert set(ok_paths + error_paths) == set(inputs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["duplicate_rows"] == 0
+    assert manifest["inputs"] == len(inputs) == manifest["ok"] + manifest["failed"]
+    assert manifest["skipped"] == skipped
+    for key in ("ok", "failed", "shards", "config"):
+        assert manifest[key] == clean_manifest[key]
