@@ -22,6 +22,7 @@ from .config import BACKENDS, OUTPUT_DTYPES, UNIFORM_STRATEGIES, PatchStreamConf
 from .errors import CpsRayError
 from .media import find_videos
 from .pipeline.inputs import MANIFEST_SUFFIXES, is_manifest, read_manifest
+from .pipeline.isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
 from .pipeline.shards import WrittenOutput, read_errors, read_output, write_shards
 
 GLOB_CHARACTERS = "*?["
@@ -173,6 +174,53 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
             flag, choices=allowed, default=base[field],
             help=f"{text} ({base[field]})",
         )  # fmt: skip
+    group.add_argument(
+        "--max-pixels", type=_int_or_none, default=base["max_pixels"], metavar="N",
+        help="largest frame (width x height) decoded; larger videos are errors; 'none' "
+        f"removes the cap ({base['max_pixels']})",
+    )  # fmt: skip
+    group.add_argument(
+        "--decode-timeout", type=_seconds_or_none, default=base["decode_timeout_s"],
+        metavar="SECONDS", dest="decode_timeout_s",
+        help="a video taking longer becomes an error row; 'none' waits forever "
+        f"({base['decode_timeout_s']:g})",
+    )  # fmt: skip
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else positive_int(text)
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_isolation_options(parser: argparse.ArgumentParser) -> None:
+    """``--isolation`` and ``--max-attempts``: how a crashing or hanging decoder
+    is contained (see :mod:`cps_ray.pipeline.isolation`)."""
+    parser.add_argument(
+        "--isolation", choices=ISOLATION_MODES, default=DEFAULT_ISOLATION,
+        help="'process': each worker decodes in a child process, so a decoder crash or "
+        "hang costs one video; 'none': in the worker itself (trusted inputs only) "
+        f"({DEFAULT_ISOLATION})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-attempts", type=positive_int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+        help="tries per video when its decoder process dies; then an error row "
+        f"({DEFAULT_MAX_ATTEMPTS})",
+    )  # fmt: skip
+
+
+def isolation_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"isolation": args.isolation, "max_attempts": args.max_attempts}
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> PatchStreamConfig:
@@ -191,6 +239,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> PatchStreamC
         "decode_backend": args.decode_backend,
         "process_backend": args.process_backend,
         "uniform_strategy": args.uniform_strategy,
+        "max_pixels": args.max_pixels,
+        "decode_timeout_s": args.decode_timeout_s,
     }
     values.update(overrides)
     return PatchStreamConfig(**values)
@@ -228,6 +278,7 @@ def add_preprocess_options(parser: argparse.ArgumentParser, *, positional: bool)
         "table) and number new shards after the existing ones; no shard is rewritten",
     )
     add_address_option(parser)
+    add_isolation_options(parser)
     add_config_options(parser)
 
 
@@ -359,7 +410,14 @@ def run_preprocess(
         f"preprocess: {len(plan.inputs)} inputs, {plan.skipped} already in the output "
         f"(skipped), {len(plan.todo)} to process -> {plan.output}"
     )
-    if plan.nothing_to_write:
+    if plan.written.temporaries:
+        log(
+            f"preprocess: {len(plan.written.temporaries)} half-written files of a killed run "
+            "will be deleted (never part of the output)"
+        )
+    # A killed run's provisional manifest ("complete": false) and leftovers are redone.
+    finished = plan.nothing_to_write and plan.written.manifest.get("complete", True)
+    if finished and not plan.written.temporaries:
         log("preprocess: nothing to do; the output is left as it is")
         return {
             **plan.written.manifest,
@@ -417,6 +475,7 @@ def preprocess_from_args(args: argparse.Namespace, log=print) -> dict[str, Any]:
         resume=args.resume,
         address=args.address,
         log=log,
+        **isolation_from_args(args),
     )
     output = args.output if "://" in args.output else os.path.abspath(args.output)
     for path, reason in _new_failures(output, manifest["run"]["failed"]):

@@ -36,9 +36,11 @@ from cps_ray.jobs import (  # noqa: E402
     JobError,
     add_address_option,
     add_config_options,
+    add_isolation_options,
     config_from_args,
     connect_ray,
     find_inputs,
+    isolation_from_args,
     positive_int,
     run_entry_point,
 )
@@ -103,7 +105,7 @@ def build_dataset(args):
     from cps_ray import patch_dataset
 
     config = config_from_args(args)
-    return patch_dataset(find_inputs(args.input), config), config
+    return patch_dataset(find_inputs(args.input), config, **isolation_from_args(args)), config
 
 
 def batches_forever(ds, batch_size: int, device: str):
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="torch seed (0)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     add_address_option(parser)
+    add_isolation_options(parser)
     add_config_options(parser)  # for video inputs; a preprocess output brings its own
     return parser
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..config import PatchStreamConfig
 from ..errors import ConfigError, DeviceUnavailableError
 from .inputs import resolve_inputs
+from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
 from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
 
@@ -22,6 +23,8 @@ DEFAULT_DECODE_GPU_SHARE = 0.25
 DEFAULT_SELECT_GPU_SHARE = 0.25
 # Selection costs a few percent of decoding; its CPU actors need little.
 DEFAULT_SELECT_CPU_SHARE = 0.5
+# patch_dataset options that are not resources.
+EXTRA_OPTIONS = {"preserve_order", "isolation", "max_attempts", "runtime_env"}
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,12 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
             ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
             ``select_num_gpus``, ``videos_per_block`` (8; fewer for short
             inputs, so every decode actor gets work), ``fuse`` (None:
-            fuse gpu -> gpu on one device), ``preserve_order`` (True).
+            fuse gpu -> gpu on one device), ``preserve_order`` (True),
+            ``isolation`` (``"process"``: decoders run in a child process of
+            each decode actor, so a crash or hang costs one video, see
+            :mod:`cps_ray.pipeline.isolation`; ``"none"``: in the actor,
+            with bounded task retries), ``max_attempts`` (2), and
+            ``runtime_env`` (for every stage's actors, e.g. ``env_vars``).
 
     Rows are those of :func:`cps_ray.local_stream`, bit for bit; a failed
     video is a row with ``error`` set. Defaults fill the cluster's CPUs once
@@ -205,6 +213,17 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
 
     check_stream_config(config)
     preserve_order = pool_options.pop("preserve_order", True)
+    isolation = pool_options.pop("isolation", DEFAULT_ISOLATION)
+    max_attempts = pool_options.pop("max_attempts", DEFAULT_MAX_ATTEMPTS)
+    check_isolation(isolation, max_attempts)
+    remote_args = {}
+    runtime_env = pool_options.pop("runtime_env", None)
+    if runtime_env is not None:
+        remote_args["runtime_env"] = runtime_env
+    if isolation == "none":
+        # A crash kills the actor itself; Ray would restart it and retry the
+        # block forever. Bounded retries make a poison file fail the run.
+        remote_args["max_task_retries"] = max_attempts - 1
     known = {
         "decode_pool", "select_pool", "decode_num_cpus", "decode_num_gpus",
         "select_num_cpus", "select_num_gpus", "videos_per_block", "fuse",
@@ -213,7 +232,7 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     if unknown:
         raise TypeError(
             f"patch_dataset() got unknown pool options {sorted(unknown)}; "
-            f"known: {sorted(known | {'preserve_order'})}"
+            f"known: {sorted(known | EXTRA_OPTIONS)}"
         )
     if not ray.is_initialized():
         ray.init()
@@ -221,21 +240,30 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool)
     ds.context.execution_options.preserve_order = bool(preserve_order)
     threads = config.ffmpeg_threads or plan.ffmpeg_threads
+    decoding = {
+        "config": config,
+        "ffmpeg_threads": threads,
+        "isolation": isolation,
+        "max_attempts": max_attempts,
+    }
     if plan.fused:
         (fused,) = plan.stages
-        return ds.map_batches(
-            FusedStage,
-            fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
-            **map_batches_kwargs(fused, per_block),
-        )
+        return _map(ds, FusedStage, decoding, fused, per_block, remote_args)
     decode, select = plan.stages
-    ds = ds.map_batches(
-        DecodeStage,
-        fn_constructor_kwargs={"config": config, "ffmpeg_threads": threads},
-        **map_batches_kwargs(decode, per_block),
-    )
-    return ds.map_batches(
-        SelectStage,
-        fn_constructor_kwargs={"config": config},
-        **map_batches_kwargs(select, per_block),
-    )
+    ds = _map(ds, DecodeStage, decoding, decode, per_block, remote_args)
+    return _map(ds, SelectStage, {"config": config}, select, per_block, remote_args)
+
+
+def _map(ds, stage, constructor_kwargs, resources, per_block, remote_args):
+    import warnings
+
+    with warnings.catch_warnings():
+        # max_task_retries has no named map_batches parameter yet; the
+        # generic remote arguments it travels in warn of a future removal.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            stage,
+            fn_constructor_kwargs=constructor_kwargs,
+            **map_batches_kwargs(resources, per_block),
+            **remote_args,
+        )

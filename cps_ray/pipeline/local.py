@@ -15,7 +15,8 @@ from typing import Any
 
 from ..config import PatchStreamConfig
 from .inputs import resolve_inputs
-from .worker import VideoWorker
+from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS
+from .worker import make_worker
 
 
 def _default_workers() -> int:
@@ -30,6 +31,8 @@ def local_stream(
     config: PatchStreamConfig,
     num_workers: int | None = None,
     *,
+    isolation: str = DEFAULT_ISOLATION,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     progress: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield one row per input video, in input order.
@@ -38,7 +41,13 @@ def local_stream(
         inputs: a list of paths, or a manifest (``.txt`` one path per line,
             ``.csv``/``.parquet`` with a ``path`` column).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
-        num_workers: videos decoded at once (threads); default: the cores.
+        num_workers: videos decoded at once; default: the cores.
+        isolation: ``"process"`` (default): each of the ``num_workers``
+            decodes in its own child process, so a decoder crash or hang
+            costs one video (an error row), see
+            :mod:`cps_ray.pipeline.isolation`; ``"none"``: threads of this
+            process, no per-video cost, for trusted inputs.
+        max_attempts: tries per video when its child process dies.
         progress: show a tqdm progress bar.
 
     Rows follow DESIGN.md (see :mod:`cps_ray.pipeline.rows`); a video that
@@ -51,11 +60,21 @@ def local_stream(
         from ..errors import ConfigError
 
         raise ConfigError("num_workers", num_workers, "It must be an int >= 1.")
-    worker = VideoWorker(config, concurrent_videos=workers)
+    worker = make_worker(
+        config, concurrent_videos=workers, isolation=isolation, max_attempts=max_attempts
+    )
     return _stream(paths, worker, workers, progress)
 
 
 def _stream(paths, worker, workers, progress) -> Iterator[dict[str, Any]]:
+    try:
+        yield from _rows(paths, worker, workers, progress)
+    finally:
+        if hasattr(worker, "close"):
+            worker.close()
+
+
+def _rows(paths, worker, workers, progress) -> Iterator[dict[str, Any]]:
     bar = None
     if progress:
         from tqdm import tqdm

@@ -9,6 +9,7 @@ records what it resolved in every row.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -17,25 +18,84 @@ from ..config import PatchStreamConfig, resolve_decode_backend, resolve_process_
 from ..decode import decode_frames, default_ffmpeg_threads
 from ..devices import cuda_available, torch_device
 from ..select import select_patches
+from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
 from .rows import error_reason, error_row, make_row, rows_to_batch
-from .worker import VideoWorker, check_stream_config
+from .worker import check_stream_config, make_worker
 
 
 def _paths(batch: dict[str, np.ndarray]) -> list[str]:
     return [str(p) for p in batch["path"]]
 
 
-class DecodeStage:
-    """``{"path": [B]}`` -> ``frames`` uint8 ``[B, T, 3, S, S]`` (zeros on error),
-    ``frame_indices``, ``timestamps``, ``decode_backend``, ``error`` ("" when ok)."""
+class FrameDecoder:
+    """One path -> ``(frames, frame_indices, timestamps, fell_back)`` as NumPy
+    (frames uint8 ``[T, 3, S, S]``); raises ``DecodeError``. What a decode
+    actor runs per video, in itself or in its isolated child."""
 
-    def __init__(self, config: PatchStreamConfig, ffmpeg_threads: int = 0):
-        check_stream_config(config)
+    def __init__(self, config: PatchStreamConfig, num_threads: int):
         self.config = config
         self.decode_backend = resolve_decode_backend(config.decode_backend, config.decode_device_id)
         self.device = torch_device(self.decode_backend, config.decode_device_id)
-        self.num_threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
+        self.num_threads = num_threads
         import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now
+
+    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        cfg = self.config
+        out = decode_frames(
+            path,
+            sequence_length=cfg.sequence_length,
+            uniform_strategy=cfg.uniform_strategy,
+            input_size=cfg.input_size,
+            device=self.device,
+            num_threads=self.num_threads,
+            nvdec_fallback=cfg.decode_backend == "auto",
+            max_pixels=cfg.max_pixels,
+            timeout_s=cfg.decode_timeout_s,
+        )
+        return (
+            out.frames.cpu().numpy(),
+            out.frame_indices.numpy(),
+            out.timestamps.numpy(),
+            out.device_fallback is not None,
+        )
+
+
+class DecodeStage:
+    """``{"path": [B]}`` -> ``frames`` uint8 ``[B, T, 3, S, S]`` (zeros on error),
+    ``frame_indices``, ``timestamps``, ``decode_backend``, ``error`` ("" when ok).
+
+    With ``isolation="process"`` the decoding runs in a child process, see
+    :mod:`cps_ray.pipeline.isolation`.
+    """
+
+    def __init__(
+        self,
+        config: PatchStreamConfig,
+        ffmpeg_threads: int = 0,
+        isolation: str = DEFAULT_ISOLATION,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ):
+        check_stream_config(config)
+        check_isolation(isolation, max_attempts)
+        self.config = config
+        self.decode_backend = resolve_decode_backend(config.decode_backend, config.decode_device_id)
+        threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
+        if isolation == "process":
+            self.isolated = IsolatedWorker(
+                functools.partial(FrameDecoder, config, threads),
+                timeout_s=config.decode_timeout_s,
+                max_attempts=max_attempts,
+            )
+            self.isolated.start()
+            self.decode = self._decode_isolated
+        else:
+            self.decode = FrameDecoder(config, threads)
+
+    def _decode_isolated(self, path: str):
+        ok, value = self.isolated.run(path)
+        if not ok:
+            raise _Failed(value)
+        return value
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
@@ -49,20 +109,11 @@ class DecodeStage:
         backends = [self.decode_backend] * n
         for i, path in enumerate(paths):
             try:
-                out = decode_frames(
-                    path,
-                    sequence_length=t,
-                    uniform_strategy=cfg.uniform_strategy,
-                    input_size=s,
-                    device=self.device,
-                    num_threads=self.num_threads,
-                    nvdec_fallback=cfg.decode_backend == "auto",
-                )
-                if out.device_fallback is not None:
+                frames[i], indices[i], stamps[i], fell_back = self.decode(path)
+                if fell_back:
                     backends[i] = "cpu"
-                frames[i] = out.frames.cpu().numpy()
-                indices[i] = out.frame_indices.numpy()
-                stamps[i] = out.timestamps.numpy()
+            except _Failed as failed:
+                errors[i] = failed.reason
             except Exception as err:
                 errors[i] = error_reason(err)
         return {
@@ -73,6 +124,14 @@ class DecodeStage:
             "decode_backend": np.array(backends, dtype=object),
             "error": np.array(errors, dtype=object),
         }
+
+
+class _Failed(Exception):
+    """A video the isolated child could not decode; ``reason`` is its row's error."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SelectStage:
@@ -143,12 +202,18 @@ class FusedStage:
     """Decode and select in one actor, frames never leave its device
     (the default for gpu -> gpu on one device)."""
 
-    def __init__(self, config: PatchStreamConfig, ffmpeg_threads: int = 0):
+    def __init__(
+        self,
+        config: PatchStreamConfig,
+        ffmpeg_threads: int = 0,
+        isolation: str = DEFAULT_ISOLATION,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ):
         if ffmpeg_threads and not config.ffmpeg_threads:
             from dataclasses import replace
 
             config = replace(config, ffmpeg_threads=ffmpeg_threads)
-        self.worker = VideoWorker(config, concurrent_videos=1)
+        self.worker = make_worker(config, isolation=isolation, max_attempts=max_attempts)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return rows_to_batch([self.worker(path) for path in _paths(batch)])

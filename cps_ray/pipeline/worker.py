@@ -1,15 +1,19 @@
 """The per-video work both ``local_stream`` and the Ray stages run: resolve
-``auto`` once on this node, warm the kernels, then turn a path into a row.
+``auto`` once on this node, warm the kernels, then turn a path into a row;
+in this process (:class:`VideoWorker`) or in isolated child processes
+(:class:`IsolatedVideoWorker`, see :mod:`cps_ray.pipeline.isolation`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..api import run_patch_stream
 from ..config import PatchStreamConfig, resolve_backends
 from ..decode import default_ffmpeg_threads
 from ..errors import ConfigError
+from .isolation import IsolatedPool, check_isolation
 from .rows import error_row, success_row
 
 
@@ -58,3 +62,58 @@ def _fields(config) -> dict[str, Any]:
     from dataclasses import fields
 
     return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+class IsolatedVideoWorker:
+    """A :class:`VideoWorker` per child process, ``pool_size`` of them shared by
+    the caller's threads: the same rows, but a decoder crash or hang costs
+    only its video (an error row saying so)."""
+
+    def __init__(
+        self,
+        config: PatchStreamConfig,
+        concurrent_videos: int = 1,
+        *,
+        max_attempts: int,
+        pool_size: int = 1,
+    ):
+        check_stream_config(config)
+        self.config = config
+        # Checked here too, so a config this node cannot run fails at once.
+        self.resolved = resolve_backends(config)
+        self.pool = IsolatedPool(
+            functools.partial(VideoWorker, config, concurrent_videos),
+            pool_size,
+            timeout_s=config.decode_timeout_s,
+            max_attempts=max_attempts,
+        )
+        self.pool.start()
+
+    def __call__(self, path: str) -> dict[str, Any]:
+        ok, value = self.pool.run(path)
+        if ok:
+            return value
+        resolved = self.resolved
+        return error_row(
+            path, value, self.config, resolved.decode_backend, resolved.process_backend
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def make_worker(
+    config: PatchStreamConfig,
+    *,
+    concurrent_videos: int = 1,
+    isolation: str,
+    max_attempts: int,
+) -> VideoWorker | IsolatedVideoWorker:
+    """The worker ``isolation`` asks for; ``concurrent_videos`` callers may
+    use it at once (threads)."""
+    check_isolation(isolation, max_attempts)
+    if isolation == "none":
+        return VideoWorker(config, concurrent_videos)
+    return IsolatedVideoWorker(
+        config, concurrent_videos, max_attempts=max_attempts, pool_size=concurrent_videos
+    )

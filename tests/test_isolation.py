@@ -1,0 +1,259 @@
+"""Crash and hang isolation with real process deaths and real hangs.
+
+The test-only switches of :mod:`cps_ray.faults` make decoding a chosen file
+kill its process with SIGSEGV or block forever; everything else is the real
+decoder, the real child processes and the real Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cps_ray import PatchStreamConfig, local_stream
+from cps_ray.faults import CRASH_ENV, HANG_ENV
+from cps_ray.pipeline.isolation import IsolatedWorker, IsolationError
+from cps_ray.pipeline.worker import VideoWorker
+
+CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
+GOOD = ["h264.mp4", "vp9.webm", "mpeg2.mpg", "short5.mp4", "rot90.mp4", "hevc.mkv"]
+
+
+def _assert_same_rows(rows, expected):
+    assert [r["path"] for r in rows] == [r["path"] for r in expected]
+    for got, want in zip(rows, expected):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=key)
+            else:
+                assert got[key] == value, key
+
+
+@pytest.fixture(scope="module")
+def clean_rows(media):
+    """Rows of the good videos from threads of this process (no isolation)."""
+    paths = [str(media[n]) for n in GOOD]
+    return {r["path"]: r for r in local_stream(paths, CFG, num_workers=2, isolation="none")}
+
+
+def test_worker_survives_crash_and_hang(media, monkeypatch):
+    monkeypatch.setenv(CRASH_ENV, "vp9.webm")
+    monkeypatch.setenv(HANG_ENV, "vp8.webm")
+    # The decoder's own deadline stays long; the child is killed at 3 + 3 s.
+    worker = IsolatedWorker(functools.partial(VideoWorker, CFG), timeout_s=3.0, max_attempts=3)
+    try:
+        ok, row = worker.run(str(media["h264.mp4"]))
+        assert ok and row["error"] is None
+        first_child = worker.pid
+
+        ok, reason = worker.run(str(media["vp9.webm"]))
+        assert not ok
+        assert reason.startswith(str(media["vp9.webm"]) + ": ")
+        assert "died on each of 3 attempts" in reason and "SIGSEGV" in reason
+        assert "\n" not in reason
+        assert worker.restarts["crashed"] == 3
+
+        ok, reason = worker.run(str(media["vp8.webm"]))
+        assert not ok and "timed out" in reason and "decode_timeout_s=3" in reason
+        assert worker.restarts["timed_out"] == 1
+
+        # The next video gets a fresh child and the same row as before.
+        ok, row = worker.run(str(media["h264.mp4"]))
+        assert ok and row["error"] is None and worker.pid != first_child
+    finally:
+        worker.close()
+    assert worker.pid is None
+
+
+def test_child_killed_mid_video_is_retried(media, monkeypatch, clean_rows):
+    """A child killed from outside while it works (an OOM kill, say) costs an
+    attempt, not the video."""
+    monkeypatch.setenv(HANG_ENV, "")
+    path = str(media["hevc.mkv"])
+    worker = IsolatedWorker(functools.partial(VideoWorker, CFG), timeout_s=60, max_attempts=2)
+    try:
+        worker.start()
+        victim = worker.pid
+        # Kill it once the video is under way: SIGKILL at a random point of
+        # the decode is what an OOM killer does.
+        killer = threading.Timer(0.05, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        ok, row = worker.run(path)
+        killer.join()
+    finally:
+        worker.close()
+    assert ok, row
+    assert worker.restarts["crashed"] in (0, 1)  # 0 when the video beat the timer
+    _assert_same_rows([row], [clean_rows[path]])
+
+
+def test_child_that_cannot_start_stops_the_run():
+    worker = IsolatedWorker(_Unpicklable(), timeout_s=5, max_attempts=1)
+    with pytest.raises(IsolationError, match="cannot pickle this factory"):
+        worker.start()
+    assert worker.pid is None
+    worker = IsolatedWorker(functools.partial(_raise, "no decoder here"), timeout_s=5)
+    with pytest.raises(IsolationError, match="could not start: .*no decoder here"):
+        worker.start()
+
+
+def _raise(message):
+    raise RuntimeError(message)
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("cannot pickle this factory")
+
+
+def test_local_stream_contains_crashes_and_hangs(media, monkeypatch, clean_rows):
+    monkeypatch.setenv(CRASH_ENV, "vp9.webm")
+    monkeypatch.setenv(HANG_ENV, "mpeg2.mpg")
+    cfg = replace(CFG, decode_timeout_s=5.0)
+    names = GOOD + ["broken/empty.mp4", "broken/missing.mp4"]
+    paths = [str(media[n]) for n in names]
+    rows = list(local_stream(paths, cfg, num_workers=2, max_attempts=2))
+
+    assert [r["path"] for r in rows] == paths  # every input, once, in order
+    by_path = {r["path"]: r for r in rows}
+    crash = by_path[str(media["vp9.webm"])]["error"]
+    assert "died on each of 2 attempts" in crash and "SIGSEGV" in crash
+    assert "timed out" in by_path[str(media["mpeg2.mpg"])]["error"]
+    assert "empty file" in by_path[str(media["broken/empty.mp4"])]["error"]
+    assert "not found" in by_path[str(media["broken/missing.mp4"])]["error"]
+    survivors = [str(media[n]) for n in GOOD if n not in ("vp9.webm", "mpeg2.mpg")]
+    _assert_same_rows([by_path[p] for p in survivors], [clean_rows[p] for p in survivors])
+
+
+def test_local_stream_process_rows_equal_thread_rows(media, clean_rows):
+    paths = [str(media[n]) for n in GOOD]
+    rows = list(local_stream(paths, CFG, num_workers=2))
+    _assert_same_rows(rows, [clean_rows[p] for p in paths])
+
+
+# --- Ray ---------------------------------------------------------------------------
+
+
+def _actor_pids(stage: str) -> list[int]:
+    """Pids of the Ray actor processes running ``stage`` (Ray titles its
+    worker processes ``ray::<actor class>``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.startswith("ray::") and stage in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
+    ray_session, media, clean_rows
+):
+    from cps_ray.pipeline.dataset import patch_dataset
+
+    cfg = replace(CFG, decode_timeout_s=5.0)
+    broken = sorted(n for n in media if n.startswith("broken/"))
+    names = GOOD + broken
+    paths = [str(media[n]) for n in names]
+    env = {CRASH_ENV: "vp9.webm", HANG_ENV: "mpeg2.mpg"}
+    ds = patch_dataset(
+        paths,
+        cfg,
+        videos_per_block=2,
+        runtime_env={"env_vars": env},
+    )
+    rows = list(ds.iter_rows())
+
+    got = [r["path"] for r in rows]
+    assert sorted(got) == sorted(paths) and len(set(got)) == len(paths)
+    errors = {r["path"]: r["error"] for r in rows if r["error"] is not None}
+    ok = [r for r in rows if r["error"] is None]
+    assert len(ok) + len(errors) == len(paths)
+    assert "SIGSEGV" in errors.pop(str(media["vp9.webm"]))
+    assert "timed out" in errors.pop(str(media["mpeg2.mpg"]))
+    assert set(errors) == {str(media[n]) for n in broken}
+    assert all("\n" not in e and e.startswith(p) for p, e in errors.items())
+    _assert_same_rows(ok, [clean_rows[r["path"]] for r in ok])
+
+
+def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_rows):
+    from cps_ray.pipeline.dataset import patch_dataset
+
+    paths = [str(media[n]) for n in GOOD] * 3  # long enough to kill it mid-run
+    ds = patch_dataset(paths, CFG, videos_per_block=1, decode_pool=1)
+    rows, killed = [], []
+    for row in ds.iter_rows():
+        rows.append(row)
+        if not killed:
+            victims = _actor_pids("DecodeStage")
+            assert victims, "no decode actor process found"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(victims)
+    assert killed
+    _assert_same_rows(rows, [clean_rows[p] for p in paths])
+
+
+def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session, media):
+    from cps_ray.pipeline.dataset import patch_dataset
+
+    paths = [str(media["h264.mp4"]), str(media["vp9.webm"])]
+    ds = patch_dataset(
+        paths,
+        CFG,
+        isolation="none",
+        max_attempts=2,
+        videos_per_block=1,
+        decode_pool=1,
+        runtime_env={"env_vars": {CRASH_ENV: "vp9.webm"}},
+    )
+    # Ray would restart the actor and retry its block forever; bounded task
+    # retries end the run with an error instead.
+    with pytest.raises(Exception, match="(?i)died|actor|crash|unexpected"):
+        list(ds.iter_rows())
+
+
+def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media, tmp_path):
+    """The job's output: inputs = ok rows (shards) + error rows, no duplicates."""
+    from cps_ray.jobs import run_preprocess
+    from cps_ray.pipeline.shards import read_output
+
+    broken = sorted(n for n in media if n.startswith("broken/"))
+    names = GOOD + broken
+    manifest = tmp_path / "inputs.txt"
+    manifest.write_text("".join(f"{media[n]}\n" for n in names))
+    out = tmp_path / "out"
+    result = run_preprocess(
+        str(manifest),
+        str(out),
+        CFG,
+        rows_per_shard=2,
+        log=lambda line: None,
+        videos_per_block=2,
+        runtime_env={"env_vars": {CRASH_ENV: "vp9.webm"}},
+    )
+    written = read_output(str(out))
+    errors = dict(zip(written.error_paths, written.error_reasons))
+    shard_paths = set(written.shard_paths)
+    assert len(shard_paths) == len(written.shard_paths)  # no row written twice
+    assert len(errors) == len(written.error_paths)
+    inputs = {str(media[n]) for n in names}
+    assert (result["inputs"], result["ok"], result["failed"]) == (
+        len(names),
+        len(GOOD) - 1,
+        len(broken) + 1,
+    )
+    assert shard_paths | set(errors) == inputs and not shard_paths & set(errors)
+    assert "SIGSEGV" in errors[str(media["vp9.webm"])]
