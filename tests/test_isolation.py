@@ -117,8 +117,8 @@ def test_local_stream_contains_crashes_and_hangs(media, monkeypatch, clean_rows)
     monkeypatch.setenv(CRASH_ENV, "vp9.webm")
     monkeypatch.setenv(HANG_ENV, "mpeg2.mpg")
     cfg = replace(CFG, decode_timeout_s=5.0)
-    names = GOOD + ["broken/empty.mp4", "broken/missing.mp4"]
-    paths = [str(media[n]) for n in names]
+    broken = sorted(n for n in media if n.startswith("broken/"))
+    paths = [str(media[n]) for n in GOOD + broken]
     rows = list(local_stream(paths, cfg, num_workers=2, max_attempts=2))
 
     assert [r["path"] for r in rows] == paths  # every input, once, in order
@@ -128,6 +128,9 @@ def test_local_stream_contains_crashes_and_hangs(media, monkeypatch, clean_rows)
     assert "timed out" in by_path[str(media["mpeg2.mpg"])]["error"]
     assert "empty file" in by_path[str(media["broken/empty.mp4"])]["error"]
     assert "not found" in by_path[str(media["broken/missing.mp4"])]["error"]
+    for name in broken:  # each a clear one-line error naming its file
+        error = by_path[str(media[name])]["error"]
+        assert error.startswith(str(media[name]) + ": ") and "\n" not in error
     survivors = [str(media[n]) for n in GOOD if n not in ("vp9.webm", "mpeg2.mpg")]
     _assert_same_rows([by_path[p] for p in survivors], [clean_rows[p] for p in survivors])
 
