@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python benchmark/benchmark_local.py --json benchmark/out/local.json
 	$(BIN)/python benchmark/benchmark_select.py --json benchmark/out/select.json
 	$(BIN)/python benchmark/benchmark_pipeline.py --videos 360 --json benchmark/out/pipeline.json
+	$(BIN)/python benchmark/benchmark_memory.py --json benchmark/out/memory.json
 
 lint: setup
 	$(BIN)/python -m pip install -q ruff
