@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--k-keep", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--stream-videos", type=int, default=96, help="videos per local_stream throughput run"
+    )
     ap.add_argument("--json", default="benchmark/out/local.json")
     args = ap.parse_args()
 
@@ -73,29 +76,36 @@ def main() -> None:
         )
 
     throughput = []
-    work = paths * max(1, 24 // max(1, len(paths)))
-    for workers in (1, 2, 4):
-        list(local_stream(paths[:1], cfg, num_workers=workers))  # warm
-        t0 = time.perf_counter()
-        rows = list(local_stream(work, cfg, num_workers=workers))
-        dt = time.perf_counter() - t0
-        throughput.append(
-            {
-                "workers": workers,
-                "videos": len(rows),
-                "seconds": dt,
-                "videos_per_second": len(rows) / dt,
-                "errors": sum(r["error"] is not None for r in rows),
-            }
-        )
+    work = paths * max(1, args.stream_videos // max(1, len(paths)))
+    for isolation in ("none", "process"):
+        for workers in (1, 2, 4):
+            list(local_stream(paths[:1], cfg, num_workers=workers, isolation=isolation))  # warm
+            t0 = time.perf_counter()
+            stream = local_stream(work, cfg, num_workers=workers, isolation=isolation)
+            started = time.perf_counter()  # isolated workers' children are up
+            rows = list(stream)
+            end = time.perf_counter()
+            throughput.append(
+                {
+                    "isolation": isolation,
+                    "workers": workers,
+                    "videos": len(rows),
+                    "start_seconds": started - t0,
+                    "seconds": end - started,
+                    "videos_per_second": len(rows) / (end - started),
+                    "errors": sum(r["error"] is not None for r in rows),
+                }
+            )
 
     print(f"{'video':28} {'route':10} {'decode s':>9} {'select s':>9}")
     for r in per_video:
         print(f"{r['video']:28} {r['route']:10} {r['decode_s']:9.4f} {r['select_s']:9.4f}")
-    print(f"\n{'workers':>7} {'videos':>6} {'seconds':>8} {'videos/s':>9}")
+    head = f"{'isolation':9} {'workers':>7} {'videos':>6} {'start s':>8} {'seconds':>8}"
+    print(f"\n{head} {'videos/s':>9}")
     for r in throughput:
         print(
-            f"{r['workers']:7d} {r['videos']:6d} {r['seconds']:8.2f} {r['videos_per_second']:9.2f}"
+            f"{r['isolation']:9} {r['workers']:7d} {r['videos']:6d} {r['start_seconds']:8.2f} "
+            f"{r['seconds']:8.2f} {r['videos_per_second']:9.2f}"
         )
     result = {
         "machine": {

@@ -20,7 +20,7 @@ from ..devices import cuda_available, torch_device
 from ..select import select_patches
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
 from .rows import error_reason, error_row, make_row, rows_to_batch
-from .worker import check_stream_config, make_worker
+from .worker import check_stream_config, make_worker, share_cores
 
 
 def _paths(batch: dict[str, np.ndarray]) -> list[str]:
@@ -60,6 +60,13 @@ class FrameDecoder:
         )
 
 
+def child_frame_decoder(config: PatchStreamConfig, num_threads: int) -> FrameDecoder:
+    """The :class:`FrameDecoder` of a decode actor's isolated child, using
+    the actor's share of the cores (see :func:`share_cores`)."""
+    share_cores(num_threads)
+    return FrameDecoder(config, num_threads)
+
+
 class DecodeStage:
     """``{"path": [B]}`` -> ``frames`` uint8 ``[B, T, 3, S, S]`` (zeros on error),
     ``frame_indices``, ``timestamps``, ``decode_backend``, ``error`` ("" when ok).
@@ -82,7 +89,7 @@ class DecodeStage:
         threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
         if isolation == "process":
             self.isolated = IsolatedWorker(
-                functools.partial(FrameDecoder, config, threads),
+                functools.partial(child_frame_decoder, config, threads),
                 timeout_s=config.decode_timeout_s,
                 max_attempts=max_attempts,
             )
