@@ -39,20 +39,25 @@ class DecodeResult:
     device_fallback: str | None = None
 
 
-def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) -> DecodeResult:
-    path = config.require_path()
-    start = time.perf_counter()
-    out: VideoFrames = decode_frames(
+def decode_with(config: DecodeConfig, path: str, device: str, num_threads: int) -> VideoFrames:
+    """``decode_frames`` of ``path`` as ``config`` asks, on ``device``."""
+    return decode_frames(
         path,
         sequence_length=config.sequence_length,
         uniform_strategy=config.uniform_strategy,
         input_size=config.input_size,
-        device=resolved.decode_device,
+        device=device,
         num_threads=num_threads,
         nvdec_fallback=config.decode_backend == "auto",
         max_pixels=config.max_pixels,
         timeout_s=config.decode_timeout_s,
     )
+
+
+def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) -> DecodeResult:
+    path = config.require_path()
+    start = time.perf_counter()
+    out = decode_with(config, path, resolved.decode_device, num_threads)
     # Only auto falls back (a file NVDEC cannot decode); the result says so.
     fell_back = out.device_fallback is not None
     return DecodeResult(

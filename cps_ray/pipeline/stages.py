@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..api import decode_with
 from ..config import PatchStreamConfig, resolve_decode_backend, resolve_process_backend
-from ..decode import decode_frames, default_ffmpeg_threads
+from ..decode import default_ffmpeg_threads
 from ..devices import cuda_available, torch_device
 from ..select import select_patches
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
@@ -40,18 +41,7 @@ class FrameDecoder:
         import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now
 
     def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        cfg = self.config
-        out = decode_frames(
-            path,
-            sequence_length=cfg.sequence_length,
-            uniform_strategy=cfg.uniform_strategy,
-            input_size=cfg.input_size,
-            device=self.device,
-            num_threads=self.num_threads,
-            nvdec_fallback=cfg.decode_backend == "auto",
-            max_pixels=cfg.max_pixels,
-            timeout_s=cfg.decode_timeout_s,
-        )
+        out = decode_with(self.config, path, self.device, self.num_threads)
         return (
             out.frames.cpu().numpy(),
             out.frame_indices.numpy(),
