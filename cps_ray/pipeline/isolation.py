@@ -137,6 +137,8 @@ class IsolatedWorker:
                 [sys.executable, "-m", CHILD_MODULE, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
+                # Library chatter goes to stderr: the caller's stdout may be data.
+                stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
                 env=env,
                 close_fds=True,
             )
