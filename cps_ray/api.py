@@ -11,7 +11,7 @@ import torch
 from .config import DecodeConfig, PatchStreamConfig, ResolvedBackends, resolve_backends
 from .decode import VideoFrames, decode_frames, default_ffmpeg_threads
 from .errors import ConfigError, SessionClosedError
-from .select import select_patches
+from .select import select_video
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,7 @@ def run_patch_stream(
         # cpu -> gpu, gpu -> cpu, or between two GPUs; gpu -> gpu on one
         # device keeps the frames where they are.
         frames = frames.to(resolved.process_device)
-    patches, fields, scores = select_patches(
-        frames,
-        patch_size=config.patch_size,
-        k_keep=config.k_keep,
-        backend=resolved.process_backend,
-        device_id=config.process_device_id,
-        output_dtype=config.output_dtype,
-    )
+    patches, fields, scores = select_video(frames, config, decoded.path, resolved.process_backend)
     return PatchStream(
         config, decoded, resolved, patches, fields, scores, time.perf_counter() - start
     )

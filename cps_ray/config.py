@@ -18,6 +18,7 @@ from .errors import ConfigError
 Backend = Literal["auto", "cpu", "gpu"]
 UniformStrategy = Literal["auto", "index", "time"]
 OutputDtype = Literal["bf16", "fp16", "fp32"]
+Selection = Literal["energy", "random", "uniform"]
 
 # DCI 8K, 8192 x 4320: every real camera and codec level fits under it.
 DEFAULT_MAX_PIXELS = 8192 * 4320
@@ -26,6 +27,7 @@ DEFAULT_DECODE_TIMEOUT_S = 600.0
 BACKENDS: tuple[str, ...] = get_args(Backend)
 UNIFORM_STRATEGIES: tuple[str, ...] = get_args(UniformStrategy)
 OUTPUT_DTYPES: tuple[str, ...] = get_args(OutputDtype)
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 # Fields of the seed API that were split per stage; there is no shim.
 _REMOVED_FIELDS = {
@@ -160,6 +162,11 @@ class PatchStreamConfig(DecodeConfig):
         patch_size: p; S must be a multiple of p.
         k_keep: patches kept per video, ``1 <= k_keep <= T * (S/p)**2``.
         output_dtype: dtype of ``patches``: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        selection: which patches are kept: ``"energy"`` (the ``k_keep``
+            largest energies), or the ablation baselines ``"random"`` (seeded
+            per video from its path and ``selection_seed``) and ``"uniform"``
+            (a rolling grid, ``k_keep / T`` per frame); see :mod:`cps_ray.baselines`.
+        selection_seed: an int >= 0 mixed into the random baseline's per-video seed.
     """
 
     input_size: int | None = 224
@@ -168,6 +175,8 @@ class PatchStreamConfig(DecodeConfig):
     patch_size: int = 14
     k_keep: int = 2048
     output_dtype: OutputDtype = "bf16"
+    selection: Selection = "energy"
+    selection_seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,6 +202,8 @@ class PatchStreamConfig(DecodeConfig):
                 f"= {self.sequence_length} * {self.grid_size}**2 = {self.total_patches}.",
             )
         _check_choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
+        _check_choice("selection", self.selection, SELECTIONS)
+        _check_int("selection_seed", self.selection_seed, 0)
 
     @property
     def grid_size(self) -> int:

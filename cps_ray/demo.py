@@ -25,7 +25,7 @@ from .errors import CpsRayError, MissingDependencyError
 from .kernels.reference import patch_energies
 from .media import VideoFolderError, find_videos, make_sample_videos
 from .pipeline import local_stream
-from .select import select_patches
+from .select import select_video
 
 DEFAULT_CACHE_DIR = os.path.join(".cache", "demo_videos")
 TILES_PER_ROW = 4
@@ -124,15 +124,8 @@ def summarize_video(
     _sync(decoded.frames.device)
     decode_seconds = time.perf_counter() - start
 
-    select_kwargs = dict(
-        patch_size=config.patch_size,
-        k_keep=config.k_keep,
-        backend=row["process_backend"],
-        device_id=config.process_device_id,
-        output_dtype=config.output_dtype,
-    )
     start = time.perf_counter()
-    _, fields, _ = select_patches(decoded.frames, **select_kwargs)
+    _, fields, _ = select_video(decoded.frames, config, path, row["process_backend"])
     _sync(fields.device)
     select_seconds = time.perf_counter() - start
 

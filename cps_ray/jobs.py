@@ -18,12 +18,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import BACKENDS, OUTPUT_DTYPES, UNIFORM_STRATEGIES, PatchStreamConfig
+from .config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, UNIFORM_STRATEGIES, PatchStreamConfig
 from .errors import CpsRayError
 from .media import find_videos
 from .pipeline.inputs import MANIFEST_SUFFIXES, is_manifest, read_manifest
 from .pipeline.isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
-from .pipeline.shards import WrittenOutput, read_errors, read_output, write_shards
+from .pipeline.shards import (
+    EnergyRuleError,
+    WrittenOutput,
+    check_energy_rule,
+    read_errors,
+    read_output,
+    write_shards,
+)
 
 GLOB_CHARACTERS = "*?["
 # Fields that shape the rows: a resumed output must keep them.
@@ -34,6 +41,8 @@ OUTPUT_FIELDS = (
     "k_keep",
     "output_dtype",
     "uniform_strategy",
+    "selection",
+    "selection_seed",
 )
 DEFAULT_ROWS_PER_SHARD = 64
 # Failed videos listed at the end of a run; the errors table has them all.
@@ -168,12 +177,23 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
         ("--decode-backend", "decode_backend", BACKENDS, "decode on cpu (FFmpeg) or gpu (NVDEC)"),
         ("--process-backend", "process_backend", BACKENDS, "select on cpu or gpu"),
         ("--uniform-strategy", "uniform_strategy", UNIFORM_STRATEGIES, "which frames"),
+        (
+            "--selection",
+            "selection",
+            SELECTIONS,
+            "which patches: the highest energies, or a baseline for ablations",
+        ),
     )
     for flag, field, allowed, text in choices:
         group.add_argument(
             flag, choices=allowed, default=base[field],
             help=f"{text} ({base[field]})",
         )  # fmt: skip
+    group.add_argument(
+        "--selection-seed", type=_non_negative_int, default=base["selection_seed"],
+        metavar="N", help="mixed into the random baseline's per-video seed "
+        f"({base['selection_seed']})",
+    )  # fmt: skip
     group.add_argument(
         "--max-pixels", type=_int_or_none, default=base["max_pixels"], metavar="N",
         help="largest frame (width x height) decoded; larger videos are errors; 'none' "
@@ -185,6 +205,16 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
         help="a video taking longer becomes an error row; 'none' waits forever "
         f"({base['decode_timeout_s']:g})",
     )  # fmt: skip
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _int_or_none(text: str) -> int | None:
@@ -239,6 +269,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> PatchStreamC
         "decode_backend": args.decode_backend,
         "process_backend": args.process_backend,
         "uniform_strategy": args.uniform_strategy,
+        "selection": args.selection,
+        "selection_seed": args.selection_seed,
         "max_pixels": args.max_pixels,
         "decode_timeout_s": args.decode_timeout_s,
     }
@@ -379,6 +411,10 @@ def plan_preprocess(
                 "another OUT"
             )
         return PreprocessPlan(tuple(inputs), tuple(inputs), out, resume, written)
+    try:
+        check_energy_rule(written.manifest, os.fspath(output))
+    except EnergyRuleError as err:
+        raise JobError(f"--resume: {err}") from None
     _check_same_config(written.manifest, config)
     done = written.done_paths
     todo = [p for p in inputs if p not in done]

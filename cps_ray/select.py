@@ -9,11 +9,9 @@ import os
 import numpy as np
 import torch
 
-from . import devices
-from .config import BACKENDS, OUTPUT_DTYPES, _check_choice, _check_int
+from . import baselines, convert, devices
+from .config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, _check_choice, _check_int
 from .errors import ConfigError, DeviceUnavailableError
-
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def cuda_simulator_enabled() -> bool:
@@ -45,7 +43,7 @@ def check_frames(frames, patch_size: int, k_keep: int) -> tuple[int, int, int]:
 
 
 def finish(
-    patches_u8: torch.Tensor,
+    patches: torch.Tensor,
     flat: torch.Tensor,
     energies: torch.Tensor,
     *,
@@ -55,9 +53,10 @@ def finish(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Kernel output -> ``(patches, meta_fields, meta_scores)`` on the kernel's device.
 
-    patches: ``output_dtype [k, 3, p, p]`` = uint8 / 255, computed in float32
-    (exact IEEE division, so every device gives the same bits);
-    meta_fields: int32 ``[k, 3]`` = (t, r, c); meta_scores: float32 ``E / (3 n^2)``.
+    patches: the kernel wrote the bits of ``output_dtype`` through
+    :func:`~cps_ray.convert.bits_table` (``uint8 / 255``, correctly rounded,
+    the same bits on every device); meta_fields: int32 ``[k, 3]`` = (t, r, c);
+    meta_scores: float32 ``E / (3 n^2)``, the mean squared residual.
     """
     n_patches = grid_size * grid_size
     n = patch_size * patch_size
@@ -67,14 +66,24 @@ def finish(
     c = rc - r * grid_size
     meta_fields = torch.stack([t, r, c], dim=1).to(torch.int32)
     meta_scores = (energies.to(torch.float64) / float(3 * n * n)).to(torch.float32)
-    patches = (patches_u8.to(torch.float32) / 255.0).to(TORCH_DTYPES[output_dtype])
-    return patches, meta_fields, meta_scores
+    return convert.from_bits(patches, output_dtype), meta_fields, meta_scores
 
 
 def _as_numpy(frames) -> np.ndarray:
     if isinstance(frames, torch.Tensor):
         return np.ascontiguousarray(frames.detach().cpu().numpy())
     return np.ascontiguousarray(frames)
+
+
+def chosen_indices(
+    selection: str, num_frames: int, grid_size: int, k_keep: int, seed: int
+) -> np.ndarray | None:
+    """The flat indices a baseline keeps, or ``None`` for ``energy`` (the top-k)."""
+    if selection == "random":
+        return baselines.random_flat(num_frames * grid_size**2, k_keep, seed)
+    if selection == "uniform":
+        return baselines.uniform_flat(num_frames, grid_size**2, k_keep)
+    return None
 
 
 def select_patches(
@@ -85,8 +94,10 @@ def select_patches(
     backend: str = "cpu",
     device_id: int = 0,
     output_dtype: str = "fp32",
+    selection: str = "energy",
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep the ``k_keep`` highest-energy patches of ``frames``.
+    """Keep ``k_keep`` patches of ``frames``: the highest-energy ones, or a baseline's.
 
     Args:
         frames: uint8 ``[T, 3, S, S]``, NumPy array or torch tensor (any device).
@@ -97,19 +108,29 @@ def select_patches(
             (gpu where CUDA is available).
         device_id: CUDA device for ``backend="gpu"``.
         output_dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        selection: ``"energy"`` (the k largest energies), or the baselines
+            ``"random"`` (seeded by ``seed``) and ``"uniform"`` (a rolling
+            grid); see :mod:`cps_ray.baselines`.
+        seed: the random baseline's seed (``patch_stream`` and the pipeline
+            derive one per video from its path and ``selection_seed``).
 
     Returns:
         ``(patches [k, 3, p, p] output_dtype in [0, 1], meta_fields int32 [k, 3]
         (t, row, col), meta_scores float32 [k])``, rows in ascending flat
         index ``t * G**2 + row * G + col``; on the CPU for ``cpu``, on
-        ``cuda:{device_id}`` for ``gpu``.
+        ``cuda:{device_id}`` for ``gpu``. ``meta_scores`` are the kept
+        patches' energies whatever chose them.
     """
     _check_choice("backend", backend, BACKENDS)
     _check_choice("output_dtype", output_dtype, OUTPUT_DTYPES)
+    _check_choice("selection", selection, SELECTIONS)
     _check_int("device_id", device_id, 0)
-    _, _, g = check_frames(frames, patch_size, k_keep)
+    _check_int("seed", seed, 0)
+    t, _, g = check_frames(frames, patch_size, k_keep)
     if backend == "auto":
         backend = "gpu" if devices.cuda_available() else "cpu"
+    flat = chosen_indices(selection, t, g, k_keep, seed)
+    table = convert.bits_table(output_dtype)
     if backend == "gpu":
         if not cuda_simulator_enabled():
             count = devices.cuda_device_count()
@@ -119,19 +140,35 @@ def select_patches(
                 raise DeviceUnavailableError(field, value, devices.describe_node())
         from .kernels import cuda as cuda_kernel
 
-        patches_u8, flat, energies = cuda_kernel.select(
-            frames, patch_size, k_keep, device_id=device_id
+        patches, flat, energies = cuda_kernel.select(
+            frames, patch_size, k_keep, device_id=device_id, flat=flat, table=table
         )
     else:
         from .kernels import cpu as cpu_kernel
 
-        out = cpu_kernel.select(_as_numpy(frames), patch_size, k_keep)
-        patches_u8, flat, energies = (torch.from_numpy(a) for a in out)
+        out = cpu_kernel.select(_as_numpy(frames), patch_size, k_keep, flat=flat, table=table)
+        patches, flat, energies = (torch.from_numpy(a) for a in out)
     return finish(
-        patches_u8,
+        patches,
         flat,
         energies,
         grid_size=g,
         patch_size=patch_size,
         output_dtype=output_dtype,
+    )
+
+
+def select_video(frames, config, path: str, backend: str):
+    """``select_patches`` of one video's frames as ``config`` (a
+    :class:`~cps_ray.config.PatchStreamConfig`) asks, with the random
+    baseline seeded from ``path`` and ``config.selection_seed``."""
+    return select_patches(
+        frames,
+        patch_size=config.patch_size,
+        k_keep=config.k_keep,
+        backend=backend,
+        device_id=config.process_device_id,
+        output_dtype=config.output_dtype,
+        selection=config.selection,
+        seed=baselines.video_seed(path, config.selection_seed),
     )

@@ -20,6 +20,7 @@ def test_defaults_follow_design():
     p = PatchStreamConfig()
     assert (p.input_size, p.process_backend, p.process_device_id) == (224, "auto", 0)
     assert (p.patch_size, p.k_keep, p.output_dtype) == (14, 2048, "bf16")
+    assert (p.selection, p.selection_seed) == ("energy", 0)
     assert isinstance(p, DecodeConfig)
 
 
@@ -52,6 +53,9 @@ def test_removed_fields_raise_type_error(cls, old):
         ({"k_keep": 16 * 256 + 1}, "k_keep"),
         ({"patch_size": 0}, "patch_size"),
         ({"input_size": None}, "input_size"),
+        ({"selection": "topk"}, "selection"),
+        ({"selection_seed": -1}, "selection_seed"),
+        ({"selection_seed": "7"}, "selection_seed"),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(kwargs, field):

@@ -11,14 +11,23 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from local_ray_head import RAY, local_ray_head, session_processes
 
-from cps_ray import PatchStreamConfig
-from cps_ray.jobs import JobError, find_inputs, preprocess_main, run_preprocess
+from cps_ray import PatchStreamConfig, write_shards
+from cps_ray.jobs import (
+    JobError,
+    add_config_options,
+    config_from_args,
+    find_inputs,
+    preprocess_main,
+    run_preprocess,
+)
+from cps_ray.pipeline.shards import EnergyRuleError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
@@ -127,6 +136,21 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     with pytest.raises(JobError, match="k_keep=10 there, 8 now"):
         run_preprocess(first_list, out, PatchStreamConfig(**{**CFG.__dict__, "k_keep": 8}),
                        resume=True)  # fmt: skip
+    with pytest.raises(JobError, match="selection='energy' there, 'random' now"):
+        run_preprocess(first_list, out, replace(CFG, selection="random"), resume=True)
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["energy_rule"] == "residual-grey128"
+    assert (written["config"]["selection"], written["config"]["selection_seed"]) == ("energy", 0)
+    # An output written before the rule was recorded (frame 0 scored by its
+    # variance) is never resumed into: its rows would mix two rules.
+    old = tmp_path / "old-rule"
+    shutil.copytree(out, old)
+    del written["energy_rule"]
+    (old / "manifest.json").write_text(json.dumps(written))
+    with pytest.raises(JobError, match="energy rule 'variance-first-frame'.*'residual-grey128'"):
+        run_preprocess(first_list, old, CFG, resume=True)
+    with pytest.raises(EnergyRuleError, match="new output"):
+        write_shards(None, old, resume=True)
 
     # Resume with more inputs: only the new ones run; the new shard takes the next number.
     second_list = tmp_path / "second.csv"
@@ -284,3 +308,17 @@ def test_cluster_yaml_is_valid_and_closed():
         for ip_range in rule.get("IpRanges", []):
             assert not ip_range["CidrIp"].endswith("/0")
         assert not rule.get("Ipv6Ranges")
+
+
+def test_selection_flags_reach_the_config():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    args = parser.parse_args([*SMALL, "--selection", "uniform", "--selection-seed", "5"])
+    cfg = config_from_args(args)
+    assert (cfg.selection, cfg.selection_seed) == ("uniform", 5)
+    assert config_from_args(parser.parse_args(SMALL)).selection == "energy"
+    for bad in (["--selection", "topk"], ["--selection-seed", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*SMALL, *bad])

@@ -7,19 +7,15 @@ from cps_ray.kernels import cpu, reference
 
 
 def _brute_energy(frames, t, r, c, p):
-    """DESIGN.md's formula for one patch, written out with Python ints."""
+    """DESIGN.md's formula for one patch, written out with Python ints: the
+    residual against the frame before, mid-grey (128) before the first."""
     n = p * p
-    if t == 0:
-        total = 0
-        for ch in range(3):
-            x = [int(v) for v in frames[0, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].ravel()]
-            total += n * sum(v * v for v in x) - sum(x) ** 2
-        return total
     acc = 0
     for ch in range(3):
-        a = frames[t, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].astype(int).ravel()
-        b = frames[t - 1, ch, r * p : (r + 1) * p, c * p : (c + 1) * p].astype(int).ravel()
-        acc += sum(int(d) * int(d) for d in (a - b))
+        for y in range(r * p, (r + 1) * p):
+            for x in range(c * p, (c + 1) * p):
+                before = 128 if t == 0 else int(frames[t - 1, ch, y, x])
+                acc += (int(frames[t, ch, y, x]) - before) ** 2
     return n * acc
 
 
@@ -44,13 +40,56 @@ def test_reference_top_k_tie_rule_and_order():
 
 def test_extreme_values_do_not_overflow():
     frames = np.zeros((2, 3, 64, 64), np.uint8)
-    frames[0, :, ::2, :] = 255  # maximal intra variance
+    frames[0, :, ::2, :] = 255  # 0 and 255 against grey: 128**2 and 127**2
     frames[1] = 255 - frames[0]  # maximal residual
     e_ref = reference.patch_energies(frames, 64)
     n = 64 * 64
-    assert e_ref[0] == 3 * (n * (n // 2) * 255**2 - ((n // 2) * 255) ** 2)
+    assert e_ref[0] == n * 3 * (n // 2) * (128**2 + 127**2)
     assert e_ref[1] == n * 3 * n * 255**2
     assert np.array_equal(cpu.select(frames, 64, 2)[2], e_ref)
+
+
+def test_first_frame_is_scored_against_mid_grey():
+    frames = np.full((2, 3, 8, 8), 128, np.uint8)
+    frames[0, :, :4, :4] = 0  # a flat dark patch: no variance, far from grey
+    frames[1] = frames[0]  # nothing moves after it
+    e = reference.patch_energies(frames, 4)
+    assert e.tolist() == [16 * 3 * 16 * 128**2] + [0] * 7
+    _assert_same(cpu.select(frames, 4, 1), reference.select(frames, 4, 1))
+    assert cpu.select(frames, 4, 1)[1].tolist() == [0]
+
+
+def test_exactly_grey_first_frame_has_no_energy():
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    frames[0] = 128
+    e = reference.patch_energies(frames, 4)
+    assert not e[:4].any() and e[4:].all()
+    for k in (1, 4, 6, 12):
+        _assert_same(cpu.select(frames, 4, k), reference.select(frames, 4, k))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_gather_writes_the_table_bits(dtype):
+    from cps_ray.convert import bits_table
+
+    rng = np.random.default_rng(9)
+    frames = rng.integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
+    table = bits_table(dtype)
+    patches, flat, _ = cpu.select(frames, 4, 10, table=table)
+    u8, ref_flat, _ = reference.select(frames, 4, 10)
+    assert patches.dtype == table.dtype and np.array_equal(flat, ref_flat)
+    assert np.array_equal(patches, table[u8])
+
+
+def test_given_indices_replace_the_top_k():
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    chosen = np.array([1, 2, 6], np.int64)
+    got = cpu.select(frames, 4, 3, flat=chosen)
+    _assert_same(got, reference.select(frames, 4, 3, flat=chosen))
+    assert got[1].tolist() == [1, 2, 6]
+    assert got[2].tolist() == reference.patch_energies(frames, 4)[[1, 2, 6]].tolist()
 
 
 def _assert_same(a, b):
@@ -60,7 +99,9 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("shape", [(4, 28, 7), (3, 24, 8), (1, 14, 14), (5, 30, 5)])
+@pytest.mark.parametrize(
+    "shape", [(4, 28, 7), (3, 24, 8), (1, 14, 14), (5, 30, 5), (2, 224, 14), (2, 128, 64)]
+)
 def test_cpu_matches_reference_random(seed, shape):
     t, s, p = shape
     rng = np.random.default_rng(seed)
@@ -70,14 +111,18 @@ def test_cpu_matches_reference_random(seed, shape):
         _assert_same(cpu.select(frames, p, k), reference.select(frames, p, k))
 
 
-def test_cpu_matches_reference_flat_frames_all_ties():
-    frames = np.full((4, 3, 16, 16), 77, np.uint8)
-    for k in (1, 5, 16, 64):
+@pytest.mark.parametrize("value", [77, 128])
+def test_cpu_matches_reference_flat_frames_all_ties(value):
+    frames = np.full((4, 3, 16, 16), value, np.uint8)
+    n = 16
+    for k in (1, 5, 16, 17, 64):
         ref = reference.select(frames, 4, k)
         _assert_same(cpu.select(frames, 4, k), ref)
-        # Every energy is 0: the first k flat indices win.
+        # Frame 0 carries its distance from grey, later frames nothing; the
+        # smallest flat indices win every tie.
         assert ref[1].tolist() == list(range(k))
-        assert not ref[2].any()
+        assert (ref[2][:n] == n * 3 * n * (value - 128) ** 2).all()
+        assert not ref[2][n:].any()
 
 
 def test_cpu_matches_reference_many_ties():

@@ -42,11 +42,16 @@ def test_one_row_per_input_in_order_with_error_rows(media):
             assert (row["decode_backend"], row["process_backend"]) == ("cpu", "cpu")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
-def test_rows_equal_patch_stream_bit_for_bit(media, dtype):
+@pytest.mark.parametrize(
+    "dtype, selection",
+    [("bf16", "energy"), ("fp16", "energy"), ("fp32", "energy"), ("bf16", "random"),
+     ("fp32", "uniform")],
+)  # fmt: skip
+def test_rows_equal_patch_stream_bit_for_bit(media, dtype, selection):
     cfg = PatchStreamConfig(
-        sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype
-    )
+        sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype,
+        selection=selection,
+    )  # fmt: skip
     (row,) = local_stream([str(media["hevc.mkv"])], cfg, num_workers=1)
     with patch_stream(
         PatchStreamConfig(**{**cfg.__dict__, "video_path": str(media["hevc.mkv"])})
@@ -121,3 +126,20 @@ def test_auto_is_recorded_on_rows(media):
 
 def test_empty_input_list():
     assert list(local_stream([], CFG)) == []
+
+
+def test_random_selection_is_seeded_per_video(media):
+    """The random baseline: reproducible for a path and selection_seed, other
+    patches for another seed, and the same format as energy rows."""
+    paths = [str(media["h264.mp4"]), str(media["vp9.webm"])]
+
+    def fields(**options):
+        cfg = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10,
+                                **options)  # fmt: skip
+        return [row["meta_fields"].tolist() for row in local_stream(paths, cfg, num_workers=1)]
+
+    random0 = fields(selection="random")
+    assert fields(selection="random") == random0
+    assert fields(selection="random", selection_seed=1) != random0
+    assert random0[0] != random0[1]  # seeded per video, not one pattern for all
+    assert fields(selection="energy") != random0

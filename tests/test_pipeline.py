@@ -37,11 +37,12 @@ def _assert_rows_equal(a, b):
             assert a[key] == b[key], key
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype):
+@pytest.mark.parametrize("dtype, selection", [("bf16", "energy"), ("fp16", "random")])
+def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype, selection):
     cfg = PatchStreamConfig(
-        sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype
-    )
+        sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype,
+        selection=selection, selection_seed=3,
+    )  # fmt: skip
     rows = patch_dataset(_paths(media), cfg).take_all()
     local = list(local_stream(_paths(media), cfg, num_workers=2))
     assert [r["path"] for r in rows] == _paths(media)  # order preserved

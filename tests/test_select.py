@@ -52,18 +52,18 @@ def test_numpy_and_torch_inputs_agree(frames):
         assert torch.equal(x, y) and torch.equal(x, z)
 
 
-def test_scores_are_mean_variance_on_first_frame():
-    frames = np.zeros((1, 3, 4, 4), np.uint8)
-    frames[0, :, :2, :2] = np.array([[0, 10], [20, 30]], np.uint8)
+def test_scores_are_mean_squared_residual_against_grey_on_first_frame():
+    frames = np.full((1, 3, 4, 4), 128, np.uint8)
+    frames[0, :, :2, :2] = np.array([[118, 128], [138, 148]], np.uint8)
     _, fields, scores = select_patches(frames, patch_size=2, k_keep=1)
     assert fields.tolist() == [[0, 0, 0]]
-    # population variance of (0, 10, 20, 30) is 125, same on every channel
-    assert scores.tolist() == [125.0]
+    # residuals -10, 0, 10, 20 against grey: mean square (100 + 0 + 100 + 400) / 4
+    assert scores.tolist() == [150.0]
 
 
 def test_scores_are_mean_squared_residual_after():
-    frames = np.zeros((2, 3, 4, 4), np.uint8)
-    frames[1, 0, 2:, 2:] = 6  # one channel of patch (1, 1, 1) moves by 6
+    frames = np.full((2, 3, 4, 4), 128, np.uint8)  # a grey frame 0 scores nothing
+    frames[1, 0, 2:, 2:] = 134  # one channel of patch (1, 1, 1) moves by 6
     _, fields, scores = select_patches(frames, patch_size=2, k_keep=1)
     assert fields.tolist() == [[1, 1, 1]]
     # E = n * 4 * 36, score = E / (3 n^2) = 4 * 36 / (3 * 4) = 12
@@ -108,3 +108,84 @@ def test_gpu_backend_without_cuda_is_an_error(monkeypatch):
         with pytest.raises(DeviceUnavailableError, match="backend='gpu'") as info:
             select_patches(np.zeros((2, 3, 8, 8), np.uint8), patch_size=4, k_keep=2, backend="gpu")
     assert isinstance(info.value, CpsRayError)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_conversion_table_is_correctly_rounded(dtype):
+    """Every byte v maps to the dtype value nearest v / 255 (ties to even),
+    checked with exact rationals against both neighbours."""
+    from fractions import Fraction
+
+    from cps_ray.convert import TORCH_DTYPES, bits_table, unit_table
+
+    table = unit_table(dtype)
+    torch_dtype = TORCH_DTYPES[dtype]
+    assert table.dtype == torch_dtype and table.shape == (256,)
+    assert torch.equal(table.view(torch.int16 if dtype != "fp32" else torch.int32),
+                       torch.from_numpy(bits_table(dtype).copy()))  # fmt: skip
+    for v in range(256):
+        exact = Fraction(v, 255)
+        got = table[v]
+        err = abs(Fraction(float(got)) - exact)
+        for direction in (2.0, -1.0):
+            neighbour = torch.nextafter(got, torch.tensor(direction, dtype=torch_dtype))
+            assert err <= abs(Fraction(float(neighbour)) - exact), (v, dtype)
+    assert float(table[0]) == 0.0 and float(table[255]) == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_patches_are_the_table_entries(frames, dtype):
+    from cps_ray.convert import convert, unit_table
+
+    patches, fields, _ = select_patches(frames, patch_size=7, k_keep=25, output_dtype=dtype)
+    u8, _, _ = reference.select(frames, 7, 25)
+    assert torch.equal(patches, unit_table(dtype)[torch.from_numpy(u8).long()])
+    assert torch.equal(patches, convert(torch.from_numpy(u8), dtype))
+
+
+def _flat(fields, g):
+    return (fields[:, 0].long() * g * g + fields[:, 1].long() * g + fields[:, 2].long()).tolist()
+
+
+def test_random_baseline_is_seeded_and_reports_energies(frames):
+    a = select_patches(frames, patch_size=7, k_keep=20, selection="random", seed=3)
+    b = select_patches(frames, patch_size=7, k_keep=20, selection="random", seed=3)
+    c = select_patches(frames, patch_size=7, k_keep=20, selection="random", seed=4)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    flat_a, flat_c = _flat(a[1], 4), _flat(c[1], 4)
+    assert flat_a != flat_c
+    assert flat_a == sorted(set(flat_a)) and len(flat_a) == 20
+    energies = reference.patch_energies(frames, 7)
+    expected = (energies[flat_a].astype(np.float64) / (3 * 49 * 49)).astype(np.float32)
+    assert np.array_equal(a[2].numpy(), expected)
+    # not the energy choice: random-k almost surely differs from the top-k
+    assert flat_a != reference.top_k(energies, 20).tolist()
+
+
+def test_uniform_baseline_is_a_rolling_grid(frames):
+    _, fields, _ = select_patches(frames, patch_size=7, k_keep=8, selection="uniform")
+    per_frame = np.bincount(fields[:, 0].numpy(), minlength=4)
+    assert per_frame.tolist() == [2, 2, 2, 2]
+    positions = [set(map(tuple, fields[fields[:, 0] == t][:, 1:].tolist())) for t in range(4)]
+    assert all(a != b for a, b in zip(positions, positions[1:]))  # the grid moves on
+    # over the frames every position gets refreshed at least as often as the grid allows
+    seen = set().union(*positions)
+    assert len(seen) == 8
+
+
+def test_video_seed_depends_on_path_and_selection_seed():
+    from cps_ray.baselines import video_seed
+
+    assert video_seed("a.mp4", 0) == video_seed("a.mp4", 0)
+    assert len({video_seed("a.mp4", 0), video_seed("b.mp4", 0), video_seed("a.mp4", 1)}) == 3
+    # stable across processes and releases: a fixed hash, not Python's hash()
+    assert video_seed("a.mp4", 0) == int.from_bytes(
+        __import__("hashlib").blake2b(b"0\x00a.mp4", digest_size=8).digest(), "little"
+    )
+
+
+def test_bad_selection_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        select_patches(np.zeros((2, 3, 8, 8), np.uint8), patch_size=4, k_keep=2, selection="topk")
+    assert info.value.field == "selection" and "'energy', 'random', 'uniform'" in str(info.value)

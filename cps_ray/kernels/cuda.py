@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, MissingDependencyError
+from .reference import GREY
 
 try:
     from numba import cuda, int32, int64
@@ -30,6 +31,8 @@ MAX_THREADS_PER_BLOCK = 1024
 # 4-bit digits: a 16-bin histogram that one thread scans in a blink.
 _RADIX_BITS = 4
 _RADIX_BINS = 1 << _RADIX_BITS
+# The frame before the first is mid-grey (DESIGN.md), as in kernels/reference.py.
+_GREY = int64(GREY)
 
 
 @cuda.jit
@@ -49,32 +52,23 @@ def _energies_kernel(frames, patch_size, out):
         r = rc // g
         y0 = r * p
         x0 = (rc - r * g) * p
-        energy = int64(0)
-        if t == 0:
-            for ch in range(num_ch):
-                s = int64(0)
-                s2 = int64(0)
-                for y in range(y0, y0 + p):
-                    for x in range(x0, x0 + p):
-                        v = int64(frames[b, 0, ch, y, x])
-                        s += v
-                        s2 += v * v
-                energy += n * s2 - s * s
-        else:
-            acc = int64(0)
-            for ch in range(num_ch):
-                for y in range(y0, y0 + p):
-                    for x in range(x0, x0 + p):
+        acc = int64(0)
+        for ch in range(num_ch):
+            for y in range(y0, y0 + p):
+                for x in range(x0, x0 + p):
+                    if t == 0:
+                        d = int64(frames[b, 0, ch, y, x]) - _GREY
+                    else:
                         d = int64(frames[b, t, ch, y, x]) - int64(frames[b, t - 1, ch, y, x])
-                        acc += d * d
-            energy = n * acc
+                    acc += d * d
+        energy = n * acc
         out[b, f] = energy
 
 
 @cuda.jit
 def _top_k_kernel(energies, k_keep, out_flat, out_energies):
-    # One block per clip. energies int64 [B, M] (all >= 0: the intra term is
-    # n * sum x^2 - (sum x)^2 >= 0 by Cauchy-Schwarz) -> out_* [B, k_keep].
+    # One block per clip. energies int64 [B, M] (all >= 0: sums of squares)
+    # -> out_* [B, k_keep].
     b = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     bdim = cuda.blockDim.x
@@ -167,8 +161,9 @@ def _top_k_kernel(energies, k_keep, out_flat, out_energies):
 
 
 @cuda.jit
-def _gather_kernel(frames, flat, out):
-    # frames uint8 [B, T, C, S, S], flat int64 [B, k] -> out uint8 [B, k, C, p, p]
+def _gather_kernel(frames, flat, table, out):
+    # frames uint8 [B, T, C, S, S], flat int64 [B, k] -> out [B, k, C, p, p]
+    # = table[pixel] (the output dtype's bits, or the identity for uint8)
     num_b, k, num_ch, p, _ = out.shape
     g = frames.shape[4] // p
     n_patches = g * g
@@ -185,12 +180,22 @@ def _gather_kernel(frames, flat, out):
         t = f // n_patches
         rc = f - t * n_patches
         r = rc // g
-        out[b, i, ch, y, x] = frames[b, t, ch, r * p + y, (rc - r * g) * p + x]
+        out[b, i, ch, y, x] = table[frames[b, t, ch, r * p + y, (rc - r * g) * p + x]]
+
+
+@cuda.jit
+def _pick_kernel(energies, flat, kept):
+    # kept[b, i] = energies[b, flat[b, i]], for indices chosen outside (baselines)
+    num_b, k = flat.shape
+    for idx in range(cuda.grid(1), num_b * k, cuda.gridsize(1)):
+        b = idx // k
+        kept[b, idx - b * k] = energies[b, flat[b, idx - b * k]]
 
 
 # The simulator runs one kernel at a time per process and asserts otherwise;
 # worker threads (local_stream) take turns.
 _simulator_lock = threading.Lock()
+_IDENTITY = np.arange(256, dtype=np.uint8)
 
 
 def _simulating() -> bool:
@@ -198,7 +203,7 @@ def _simulating() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
-def _launch(frames, energies, flat, kept, patches, patch_size, k_keep, stream):
+def _launch(frames, energies, flat, kept, table, patches, patch_size, k_keep, chosen, stream):
     tpb = THREADS_PER_BLOCK
     if not 1 <= tpb <= MAX_THREADS_PER_BLOCK:
         raise ConfigError(
@@ -206,33 +211,66 @@ def _launch(frames, energies, flat, kept, patches, patch_size, k_keep, stream):
         )
     num_b = frames.shape[0]
     _energies_kernel[-(-energies.size // tpb), tpb, stream](frames, patch_size, energies)
-    _top_k_kernel[num_b, tpb, stream](energies, k_keep, flat, kept)
-    _gather_kernel[-(-patches.size // tpb), tpb, stream](frames, flat, patches)
+    if chosen:
+        _pick_kernel[-(-kept.size // tpb), tpb, stream](energies, flat, kept)
+    else:
+        _top_k_kernel[num_b, tpb, stream](energies, k_keep, flat, kept)
+    _gather_kernel[-(-patches.size // tpb), tpb, stream](frames, flat, table, patches)
 
 
-def select_batch(
-    frames, patch_size: int, k_keep: int, device_id: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Select every clip of uint8 ``[B, T, 3, S, S]`` frames (NumPy or torch,
-    any device) with one launch per kernel.
-
-    Returns ``(patches_u8 uint8 [B, k, 3, p, p], flat_indices int64 [B, k],
-    energies int64 [B, k])``, rows in ascending flat index; torch tensors on
-    ``cuda:{device_id}``, or on the CPU under the simulator.
-    """
-    shape = tuple(frames.shape)
-    patch_size, k_keep = int(patch_size), int(k_keep)
+def _check_shapes(shape, patch_size, k_keep, flat) -> int:
     if len(shape) != 5 or shape[3] != shape[4] or min(shape) < 1:
         raise ConfigError("frames", f"shape {shape}", "Frames must be uint8 [B, T, 3, S, S].")
     if patch_size < 1 or shape[4] % patch_size:
         raise ConfigError("patch_size", patch_size, f"It must divide the frame size S={shape[4]}.")
-    num_b, num_t, num_ch, size, _ = shape
-    per_clip = num_t * (size // patch_size) ** 2
+    per_clip = shape[1] * (shape[4] // patch_size) ** 2
     if not 1 <= k_keep <= per_clip:
         raise ConfigError(
             "k_keep", k_keep, f"It must be between 1 and T * (S / p)**2 = {per_clip}."
         )
-    out_shapes = ((num_b, per_clip), (num_b, k_keep), (num_b, k_keep))
+    if flat is not None and tuple(flat.shape) != (shape[0], k_keep):
+        raise ConfigError(
+            "flat", f"shape {tuple(flat.shape)}", f"It must be [B, k] = {(shape[0], k_keep)}."
+        )
+    return per_clip
+
+
+_device_tables: dict[tuple[int, str, bytes], torch.Tensor] = {}
+
+
+def _on_device(table: np.ndarray, device: torch.device) -> torch.Tensor:
+    key = (device.index, table.dtype.str, table.tobytes())
+    if key not in _device_tables:
+        _device_tables[key] = torch.from_numpy(table.copy()).to(device)
+    return _device_tables[key]
+
+
+def select_batch(
+    frames,
+    patch_size: int,
+    k_keep: int,
+    device_id: int = 0,
+    *,
+    flat=None,
+    table: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Select every clip of uint8 ``[B, T, 3, S, S]`` frames (NumPy or torch,
+    any device) with one launch per kernel.
+
+    ``flat``: int64 ``[B, k]`` ascending indices to keep instead of the top-k
+    (the baselines). ``table``: a 256-entry NumPy array; patches are
+    ``table[pixel]`` in its dtype (see :mod:`cps_ray.convert`), else uint8.
+
+    Returns ``(patches [B, k, 3, p, p], flat_indices int64 [B, k], energies
+    int64 [B, k])``, rows in ascending flat index; torch tensors on
+    ``cuda:{device_id}``, or on the CPU under the simulator.
+    """
+    shape = tuple(frames.shape)
+    patch_size, k_keep = int(patch_size), int(k_keep)
+    per_clip = _check_shapes(shape, patch_size, k_keep, flat)
+    num_b, _, num_ch, _, _ = shape
+    chosen = flat is not None
+    table = _IDENTITY if table is None else np.ascontiguousarray(table)
     patch_shape = (num_b, k_keep, num_ch, patch_size, patch_size)
     if _simulating():
         if isinstance(frames, torch.Tensor):
@@ -240,10 +278,14 @@ def select_batch(
         host = np.ascontiguousarray(frames, dtype=np.uint8)
         if not host.flags.writeable:  # the simulator's device arrays must be writable
             host = host.copy()
-        energies, flat, kept = (np.empty(s, np.int64) for s in out_shapes)
-        patches = np.empty(patch_shape, np.uint8)
+        energies = np.empty((num_b, per_clip), np.int64)
+        kept = np.empty((num_b, k_keep), np.int64)
+        flat = np.empty_like(kept) if flat is None else np.array(flat, dtype=np.int64)
+        patches = np.empty(patch_shape, table.dtype)
         with _simulator_lock:
-            _launch(host, energies, flat, kept, patches, patch_size, k_keep, 0)
+            _launch(
+                host, energies, flat, kept, table.copy(), patches, patch_size, k_keep, chosen, 0
+            )
         return torch.from_numpy(patches), torch.from_numpy(flat), torch.from_numpy(kept)
     device = torch.device("cuda", device_id)
     with torch.cuda.device(device):
@@ -251,24 +293,39 @@ def select_batch(
         if isinstance(frames, np.ndarray) and not frames.flags.writeable:
             frames = frames.copy()  # e.g. zero-copy blocks from Ray's object store
         frames = torch.as_tensor(frames).to(device=device, dtype=torch.uint8).contiguous()
-        energies, flat, kept = (
-            torch.empty(s, dtype=torch.int64, device=device) for s in out_shapes
-        )
-        patches = torch.empty(patch_shape, dtype=torch.uint8, device=device)
+        energies = torch.empty((num_b, per_clip), dtype=torch.int64, device=device)
+        kept = torch.empty((num_b, k_keep), dtype=torch.int64, device=device)
+        if flat is None:
+            flat = torch.empty_like(kept)
+        else:
+            flat = torch.as_tensor(np.asarray(flat, np.int64)).to(device).contiguous()
+        device_table = _on_device(table, device)
+        patches = torch.empty(patch_shape, dtype=device_table.dtype, device=device)
         # Launch on torch's current stream, so torch consumers see the results in order.
         stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
         arrays = (
-            cuda.as_cuda_array(a, sync=False) for a in (frames, energies, flat, kept, patches)
+            cuda.as_cuda_array(a, sync=False)
+            for a in (frames, energies, flat, kept, device_table, patches)
         )
-        _launch(*arrays, patch_size, k_keep, stream)
+        _launch(*arrays, patch_size, k_keep, chosen, stream)
     return patches, flat, kept
 
 
 def select(
-    frames, patch_size: int, k_keep: int, device_id: int = 0
+    frames,
+    patch_size: int,
+    k_keep: int,
+    device_id: int = 0,
+    *,
+    flat=None,
+    table: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 ``[T, 3, S, S]`` (NumPy or torch, any device) -> ``(patches_u8
+    """uint8 ``[T, 3, S, S]`` (NumPy or torch, any device) -> ``(patches
     [k, 3, p, p], flat_indices int64 [k], energies int64 [k])`` as torch
-    tensors on ``cuda:{device_id}`` (CPU under the simulator)."""
-    patches, flat, kept = select_batch(frames[None], patch_size, k_keep, device_id=device_id)
+    tensors on ``cuda:{device_id}`` (CPU under the simulator); ``flat`` and
+    ``table`` as in :func:`select_batch` (``flat`` is ``[k]`` here)."""
+    batch_flat = None if flat is None else np.asarray(flat, np.int64)[None]
+    patches, flat, kept = select_batch(
+        frames[None], patch_size, k_keep, device_id=device_id, flat=batch_flat, table=table
+    )
     return patches[0], flat[0], kept[0]

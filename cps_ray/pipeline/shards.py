@@ -53,6 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import CpsRayError
+from ..kernels.reference import ENERGY_RULE, LEGACY_ENERGY_RULE
 
 SHARDS_DIR = "shards"
 SHARD_PATTERN = "shard-{:05d}.parquet"
@@ -72,6 +73,30 @@ class OutputPathError(CpsRayError, ValueError):
 
 class OutputNotEmptyError(CpsRayError, ValueError):
     """``write_shards`` without ``resume`` on an output that already holds a run."""
+
+
+class EnergyRuleError(CpsRayError, ValueError):
+    """``resume`` into an output whose rows were selected under another energy rule."""
+
+
+def written_energy_rule(manifest: dict[str, Any]) -> str:
+    """The energy rule an output's manifest records; manifests written before
+    the rule was recorded used the first-frame variance rule."""
+    return manifest.get("energy_rule", LEGACY_ENERGY_RULE)
+
+
+def check_energy_rule(manifest: dict[str, Any] | None, where: str) -> None:
+    """Refuse to add rows selected by this release's rule to an output whose
+    rows were selected by another (their scores and patches would mix)."""
+    if manifest is None:
+        return
+    rule = written_energy_rule(manifest)
+    if rule != ENERGY_RULE:
+        raise EnergyRuleError(
+            f"output {where!r} was written under the energy rule {rule!r}, and this "
+            f"cps_ray selects under {ENERGY_RULE!r}; its rows cannot be resumed into. "
+            "Write to a new output (or delete this one)"
+        )
 
 
 class OutputRoot:
@@ -304,10 +329,13 @@ def write_shards(
     ``errors``, ``run`` (this run: ``ok``, ``failed``, ``new_shards``),
     ``duplicate_rows`` (rows of ``ds`` whose path this run had already
     written: not written again), ``complete`` (``false`` in the provisional
-    manifest a run writes first), ``seconds``, ``config``, ``versions``.
+    manifest a run writes first), ``seconds``, ``config``, ``energy_rule``
+    (the selection rule's name, see :mod:`cps_ray.kernels.reference`),
+    ``versions``.
 
     Raises:
         OutputNotEmptyError: ``out`` already holds a run and ``resume`` is off.
+        EnergyRuleError: ``resume`` into an output written under another energy rule.
         OutputPathError: a file of the layout would land outside ``out``.
     """
     if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int):
@@ -321,6 +349,7 @@ def write_shards(
             f"output {output.given!r} already holds a run ({len(previous.shards)} shards); "
             "pass resume=True to add to it, or write to an empty output"
         )
+    check_energy_rule(previous.manifest, output.given)
     for name in previous.temporaries:  # half-written files of a killed run
         output.delete(name)
     output.fs.create_dir(output.path(SHARDS_DIR), recursive=True)
@@ -348,6 +377,7 @@ def write_shards(
             "complete": complete,
             "seconds": round(time.time() - start, 3),
             "config": dataclasses.asdict(config) if config is not None else None,
+            "energy_rule": ENERGY_RULE,
             "versions": _versions(),
         }
 

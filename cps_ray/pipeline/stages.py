@@ -18,7 +18,7 @@ from ..api import decode_with
 from ..config import PatchStreamConfig, resolve_decode_backend, resolve_process_backend
 from ..decode import default_ffmpeg_threads
 from ..devices import cuda_available, torch_device
-from ..select import select_patches
+from ..select import select_video
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
 from .rows import error_reason, error_row, make_row, rows_to_batch
 from .worker import check_stream_config, make_worker, share_cores
@@ -167,14 +167,7 @@ class SelectStage:
             error = batch["error"][i]
             if not isinstance(error, str) or not error:
                 try:
-                    patches, fields, scores = select_patches(
-                        batch["frames"][i],
-                        patch_size=cfg.patch_size,
-                        k_keep=cfg.k_keep,
-                        backend=backend,
-                        device_id=cfg.process_device_id,
-                        output_dtype=cfg.output_dtype,
-                    )
+                    patches, fields, scores = select_video(batch["frames"][i], cfg, path, backend)
                     rows.append(
                         make_row(
                             path,

@@ -64,11 +64,43 @@ def test_k_extremes(kernel, k_keep):
         assert ref[1].tolist() == list(range(48))
 
 
-@pytest.mark.parametrize("value", [0, 77])
-def test_flat_frames_all_ties(kernel, value):
+@pytest.mark.parametrize("value", [0, 77, 128])
+@pytest.mark.parametrize("k_keep", [11, 16, 17])
+def test_flat_frames_all_ties(kernel, value, k_keep):
     frames = np.full((3, 3, 8, 8), value, np.uint8)
-    ref = _check_all_backends(kernel, frames, 2, 11)
-    assert ref[1].tolist() == list(range(11)) and not ref[2].any()
+    ref = _check_all_backends(kernel, frames, 2, k_keep)
+    # frame 0 (16 patches) carries its distance from grey, later frames nothing
+    assert ref[1].tolist() == list(range(k_keep))
+    assert (ref[2][: min(k_keep, 16)] == 4 * 3 * 4 * (value - 128) ** 2).all()
+    assert not ref[2][16:].any()
+
+
+def test_exactly_grey_first_frame(kernel):
+    frames = _random(21, (3, 3, 8, 8))
+    frames[0] = 128
+    for k_keep in (1, 16, 20, 48):
+        _check_all_backends(kernel, frames, 2, k_keep)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_table_gather_matches_cpu(kernel, dtype):
+    from cps_ray.convert import bits_table
+
+    frames = _random(22, (2, 3, 8, 8))
+    table = bits_table(dtype)
+    got = kernel.select(frames, 2, 9, table=table)
+    _assert_identical(got, cpu.select(frames, 2, 9, table=table))
+    assert got[0].numpy().dtype == table.dtype
+
+
+@pytest.mark.parametrize("selection", ["random", "uniform"])
+def test_baselines_match_cpu(kernel, selection):
+    options = dict(patch_size=2, k_keep=10, output_dtype="bf16", selection=selection, seed=7)
+    frames = _random(23, (3, 3, 8, 8))
+    gpu = select_patches(torch.from_numpy(frames), backend="gpu", **options)
+    ref = select_patches(frames, backend="cpu", **options)
+    for x, y in zip(gpu, ref, strict=True):
+        assert torch.equal(_bits(x), _bits(y))
 
 
 def test_many_ties_split_at_the_threshold(kernel):
