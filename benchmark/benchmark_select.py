@@ -1,8 +1,10 @@
 """Patch-selection throughput: clips/s on CPU (Numba) and CUDA (Numba CUDA) at
 several batch sizes, with the bytes of frames read per second next to the
-device's copy bandwidth.
+device's copy bandwidth; per-clip milliseconds of the CPU kernel at 1 and 2
+Numba threads, phase by phase; and, with ``--corpus``, selection's share of
+``patch_stream``'s time per video.
 
-    python benchmark/benchmark_select.py [--batches 1 16 64 256] [--json PATH]
+    python benchmark/benchmark_select.py [--batches 1 16 64 256] [--corpus DIR] [--json PATH]
 
 A backend the machine cannot run is reported as skipped with its reason.
 Prints a table and writes JSON; nothing here is asserted by tests.
@@ -70,6 +72,70 @@ def run_cuda(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> 
     return _median_time(once, repeats)
 
 
+def per_clip_cpu(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> list[dict]:
+    """Milliseconds per clip of the CPU kernel by phase, and of the public
+    ``select_patches(..., output_dtype="bf16")``, at 1 and 2 Numba threads."""
+    import numba
+
+    from cps_ray import select_patches
+    from cps_ray.convert import bits_table
+    from cps_ray.kernels import cpu
+
+    cpu.warmup()
+    table = bits_table("bf16")
+    energies = np.empty(frames.shape[0] * (frames.shape[-1] // patch_size) ** 2, np.int64)
+    cpu._energies(frames, patch_size, energies)
+    flat = cpu._top_k(energies, k_keep)
+    out = np.empty((k_keep, 3, patch_size, patch_size), table.dtype)
+    phases = {
+        "energies": lambda: cpu._energies(frames, patch_size, energies),
+        "top_k": lambda: cpu._top_k(energies, k_keep),
+        "gather_bf16": lambda: cpu._gather(frames, flat, patch_size, table, out),
+        "kernel_total": lambda: cpu.select(frames, patch_size, k_keep, table=table),
+        "select_patches_bf16": lambda: select_patches(
+            frames, patch_size=patch_size, k_keep=k_keep, output_dtype="bf16"
+        ),
+    }
+    records = []
+    for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        numba.set_num_threads(threads)
+        record = {"threads": threads}
+        for name, fn in phases.items():
+            record[f"{name}_ms"] = 1000 * _median_time(fn, max(repeats, 30))
+        record["frames_mb_per_s"] = frames.nbytes / 1e6 / (record["kernel_total_ms"] / 1000)
+        records.append(record)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return records
+
+
+def corpus_share(video_dir: str, limit: int) -> list[dict]:
+    """Per video: ``patch_stream``'s decode and select seconds (CPU, defaults)."""
+    from _report import video_paths
+
+    from cps_ray import PatchStreamConfig, patch_stream
+
+    records = []
+    for path in video_paths(video_dir, limit):
+        cfg = PatchStreamConfig(video_path=path, decode_backend="cpu", process_backend="cpu")
+        with patch_stream(cfg):  # warm: FFmpeg libraries, the file in the page cache
+            pass
+        runs = []
+        for _ in range(3):
+            with patch_stream(cfg) as session:
+                runs.append((session.decode_seconds, session.select_seconds))
+        decode = statistics.median(r[0] for r in runs)
+        select = statistics.median(r[1] for r in runs)
+        records.append(
+            {
+                "video": os.path.basename(path),
+                "decode_s": decode,
+                "select_s": select,
+                "select_share": select / (decode + select),
+            }
+        )
+    return records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -79,6 +145,8 @@ def main() -> None:
     ap.add_argument("--k-keep", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", nargs="+", default=["cpu", "gpu"])
+    ap.add_argument("--corpus", default=None, help="videos for patch_stream's select share")
+    ap.add_argument("--limit", type=int, default=12, help="videos of --corpus to use")
     ap.add_argument("--json", default="benchmark/out/select.json")
     args = ap.parse_args()
 
@@ -140,7 +208,30 @@ def main() -> None:
             f"{r['bytes_read_per_second'] / 1e9:10.2f} {r['copy_bandwidth'] / 1e9:10.2f} "
             f"{r['share_of_copy_bandwidth']:6.1%}"
         )
-    write_json(args.json, {"machine": machine, "config": vars(args), "results": results})
+    report = {"machine": machine, "config": vars(args), "results": results}
+    if "cpu" in args.backends:
+        clip = rng.integers(0, 256, (t, 3, s, s), dtype=np.uint8)
+        report["per_clip_cpu"] = per_clip_cpu(clip, args.patch_size, args.k_keep, args.repeats)
+        print(f"\nCPU kernel, one {t}x3x{s}x{s} clip, ms (median):")
+        keys = [k for k in report["per_clip_cpu"][0] if k.endswith("_ms")]
+        print(f"{'threads':>7} " + " ".join(f"{k[:-3]:>19}" for k in keys) + "  frames MB/s")
+        for r in report["per_clip_cpu"]:
+            cells = " ".join(f"{r[k]:19.3f}" for k in keys)
+            print(f"{r['threads']:7d} {cells}  {r['frames_mb_per_s']:11.0f}")
+    if args.corpus:
+        shares = corpus_share(args.corpus, args.limit)
+        report["patch_stream_select_share"] = shares
+        print("\npatch_stream on the corpus (CPU): decode s, select s, select share")
+        for r in shares:
+            print(f"  {r['video'][:44]:44} {r['decode_s']:7.3f} {r['select_s']:7.4f} "
+                  f"{r['select_share']:6.1%}")  # fmt: skip
+        mean = statistics.fmean(r["select_share"] for r in shares)
+        total = sum(r["select_s"] for r in shares) / sum(
+            r["decode_s"] + r["select_s"] for r in shares
+        )
+        report["select_share_mean"], report["select_share_of_total"] = mean, total
+        print(f"  mean share {mean:.1%}; of the total time {total:.1%}")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,18 @@ is mid-grey (128), for every method alike. The figure is the PSNR of the
 rebuilt clip against the decoded clip (all frames, all channels, one MSE per
 clip), averaged over videos.
 
-Methods, all keeping exactly ``k`` patches:
+Methods, all keeping exactly ``k`` patches, all through the library's
+``select_patches(..., selection=...)``:
 
-- ``energy``: cps_ray's ``select_patches`` (intra energy on frame 0,
-  residual energy after; the ``k`` largest);
-- ``random``: ``k`` patches drawn uniformly without replacement (the mean
-  over ``--random-seeds`` seeds);
-- ``uniform``: ``k / T`` patches per frame spread evenly over the positions,
-  the pattern shifted by one position each frame so that every position is
-  refreshed in turn (a rolling refresh);
-- ``energy_dc`` (a diagnostic, not what cps_ray does): cps_ray's energies
-  with frame 0 scored against mid-grey, ``n * sum (x - 128)^2``, instead of
-  its variance; it shows what the first-frame rule costs the intra energy.
+- ``energy``: cps_ray's selection (every frame scored by its residual
+  against the frame before, mid-grey before the first; the ``k`` largest);
+- ``random``: the ``random`` baseline, ``k`` patches drawn uniformly without
+  replacement (the mean over ``--random-seeds`` seeds);
+- ``uniform``: the ``uniform`` baseline, ``k / T`` patches per frame spread
+  evenly over the positions, the pattern shifted by one position each frame
+  (a rolling refresh);
+- ``energy_variance`` (a diagnostic, the rule before 2026-11): frame 0 scored
+  by its variance ``sum_ch (n sum x^2 - (sum x)^2)`` instead of against grey.
 
 Two first-frame rules, each the same for every method: ``grey`` (the
 headline: the clip from the kept patches alone, never-kept positions are
@@ -46,60 +46,38 @@ import numpy as np
 from _machine import describe, machine_info, require
 from _report import video_paths, write_json
 
-METHODS = ("energy", "random", "uniform", "energy_dc")
+METHODS = ("energy", "random", "uniform", "energy_variance")
 RULES = ("grey", "given")
 
 
-def energy_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
-    """bool ``[T, G, G]``: the patches cps_ray keeps."""
+def library_mask(frames: np.ndarray, patch_size: int, k: int, selection: str, seed=0):
+    """bool ``[T, G, G]``: the patches ``select_patches(selection=...)`` keeps."""
     from cps_ray import select_patches
 
     t, _, s, _ = frames.shape
     g = s // patch_size
-    _, fields, _ = select_patches(frames, patch_size=patch_size, k_keep=k, output_dtype="fp32")
+    _, fields, _ = select_patches(
+        frames, patch_size=patch_size, k_keep=k, output_dtype="fp32", selection=selection,
+        seed=seed,
+    )  # fmt: skip
     fields = np.asarray(fields, dtype=np.int64)
     mask = np.zeros((t, g, g), dtype=bool)
     mask[fields[:, 0], fields[:, 1], fields[:, 2]] = True
     return mask
 
 
-def random_mask(t: int, g: int, k: int, seed: int) -> np.ndarray:
-    flat = np.random.default_rng(seed).choice(t * g * g, size=k, replace=False)
-    mask = np.zeros(t * g * g, dtype=bool)
-    mask[flat] = True
-    return mask.reshape(t, g, g)
-
-
-def uniform_mask(t: int, g: int, k: int) -> np.ndarray:
-    """``k`` patches: an even share per frame, evenly spaced over the ``N``
-    positions, the pattern moved on by one position each frame."""
-    n = g * g
-    per_frame = np.diff(np.floor(np.arange(t + 1) * k / t).astype(np.int64))
-    mask = np.zeros((t, n), dtype=bool)
-    for i, kt in enumerate(per_frame):
-        if kt == 0:
-            continue
-        if kt >= n:
-            mask[i] = True
-            continue
-        step = n / kt
-        shift = i % max(1, round(step))
-        mask[i, (np.floor(np.arange(kt) * step).astype(np.int64) + shift) % n] = True
-        # Rounding can collide near the wrap; top up with the next free positions.
-        free = np.flatnonzero(~mask[i])
-        mask[i, free[: kt - int(mask[i].sum())]] = True
-    return mask.reshape(t, g, g)
-
-
-def energy_dc_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
-    """Diagnostic: cps_ray's rule with frame 0 scored against mid-grey."""
+def variance_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
+    """Diagnostic: the rule before 2026-11, frame 0 scored by its variance."""
     from cps_ray.kernels import reference
 
     t, ch, s, _ = frames.shape
     p, g = patch_size, s // patch_size
+    n = p * p
     energies = reference.patch_energies(frames, p)
     first = frames[0].astype(np.int64).reshape(ch, g, p, g, p).transpose(1, 3, 0, 2, 4)
-    energies[: g * g] = (p * p * ((first - 128) ** 2).reshape(g, g, -1).sum(-1)).reshape(-1)
+    first = first.reshape(g, g, ch, n)
+    variance = (n * (first**2).sum(-1) - first.sum(-1) ** 2).sum(-1)
+    energies[: g * g] = variance.reshape(-1)
     mask = np.zeros(t * g * g, dtype=bool)
     mask[reference.top_k(energies, k)] = True
     return mask.reshape(t, g, g)
@@ -133,10 +111,10 @@ def evaluate(frames: np.ndarray, patch_size: int, ratios, seeds: int) -> dict:
     for ratio in ratios:
         k = max(1, min(t * g * g, round(ratio * t * g * g)))
         masks = {
-            "energy": [energy_mask(frames, patch_size, k)],
-            "random": [random_mask(t, g, k, seed) for seed in range(seeds)],
-            "uniform": [uniform_mask(t, g, k)],
-            "energy_dc": [energy_dc_mask(frames, patch_size, k)],
+            "energy": [library_mask(frames, patch_size, k, "energy")],
+            "random": [library_mask(frames, patch_size, k, "random", s) for s in range(seeds)],
+            "uniform": [library_mask(frames, patch_size, k, "uniform")],
+            "energy_variance": [variance_mask(frames, patch_size, k)],
         }
         for rule in RULES:
             for method, group in masks.items():
@@ -158,11 +136,11 @@ def plot(summary: dict, per_video: list[dict], ratios, path: str, title: str) ->
     for ax, rule in zip(axes, RULES):
         for i, method in enumerate(METHODS):
             color = f"C{i}"
-            style = "o--" if method == "energy_dc" else "o-"
+            style = "o--" if method == "energy_variance" else "o-"
             for video in per_video:
                 ys = [video["psnr"][rule][method][r] for r in ratios]
                 ax.plot(xs, ys, color=color, alpha=0.12)
-            label = method + (" (diagnostic)" if method == "energy_dc" else "")
+            label = method + (" (rule before 2026-11)" if method == "energy_variance" else "")
             ys = [summary[rule][method][r] for r in ratios]
             ax.plot(xs, ys, style, color=color, lw=2, label=label)
         ax.set_title(f"first frame rule: {RULE_TITLES[rule]}", fontsize=9)
@@ -191,13 +169,14 @@ def decode_clip(path: str, args) -> np.ndarray:
     return decode_only(cfg).frames.numpy()
 
 
-def print_tables(summary: dict, per_video: list[dict], ratios, total: int) -> dict:
-    """One table per rule; returns ``{rule: {ratio: "wins/videos"}}`` (energy > random)."""
+def print_tables(summary: dict, per_video: list[dict], ratios, total: int, medians: dict):
+    """One table per rule; returns ``{rule: {ratio: "wins/videos"}}`` (energy >
+    random) and fills ``medians`` with the median per-clip gain over random."""
     wins: dict = {}
     for rule in RULES:
         print(f"\nfirst-frame rule: {RULE_TITLES[rule]}; mean PSNR (dB) of the rebuilt clip")
         names = " ".join(f"{m:>9}" for m in METHODS)
-        print(f"{'keep':>5} {'k':>5} {names}  energy-random  energy wins")
+        print(f"{'keep':>5} {'k':>5} {names}  energy-random  median  energy wins")
         wins[rule] = {}
         for r in ratios:
             k = max(1, min(total, round(r * total)))
@@ -207,7 +186,13 @@ def print_tables(summary: dict, per_video: list[dict], ratios, total: int) -> di
             wins[rule][str(r)] = f"{won}/{len(per_video)}"
             cells = " ".join(f"{summary[rule][m][r]:9.2f}" for m in METHODS)
             gain = summary[rule]["energy"][r] - summary[rule]["random"][r]
-            print(f"{r:5.0%} {k:5d} {cells}  {gain:+13.2f}  {won:>5}/{len(per_video)}")
+            median = statistics.median(
+                v["psnr"][rule]["energy"][r] - v["psnr"][rule]["random"][r] for v in per_video
+            )
+            medians.setdefault(rule, {})[str(r)] = round(median, 3)
+            print(
+                f"{r:5.0%} {k:5d} {cells}  {gain:+13.2f}  {median:+6.2f}  {won:>5}/{len(per_video)}"
+            )
     return wins
 
 
@@ -268,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         f"p={args.patch_size}, {total} patches per clip "
         f"({time.perf_counter() - start:.0f} s)"
     )
-    wins = print_tables(summary, per_video, ratios, total)
+    medians: dict = {}
+    wins = print_tables(summary, per_video, ratios, total, medians)
 
     report = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -277,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         "first_frame_rules": RULE_TITLES,
         "mean_psnr_db": _keys_to_str(summary),
         "energy_beats_random": wins,
+        "median_gain_over_random_db": medians,
         "per_video": _keys_to_str(per_video),
     }
     write_json(args.json, report)
