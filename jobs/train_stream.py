@@ -5,8 +5,16 @@ the loop waited for data.
 
     python jobs/train_stream.py --input videos/ --steps 20 --batch-size 4
     python jobs/train_stream.py --input out/            # shards of preprocess.py
+    python jobs/train_stream.py --input videos/ --num-workers 2 --epochs 3 --json run.json
     ray job submit --address http://127.0.0.1:8265 --working-dir . \
-        --entrypoint-num-gpus 1 -- python jobs/train_stream.py --input /data/videos
+        -- python jobs/train_stream.py --input /data/videos --num-workers 8 --use-gpu
+
+With ``--num-workers N`` it trains on N Ray Train workers (``TorchTrainer``,
+data-parallel; one GPU each with ``--use-gpu``), each reading its own share of
+the dataset, in lockstep (see :mod:`cps_ray.pipeline.train`), with a
+checkpoint at every epoch end; started again with the same
+``--checkpoint-dir`` and ``--run-name`` it continues from the last one.
+Without it, the driver trains in one process.
 
 IN is a folder of videos, a manifest or a glob (decoded and selected on the
 fly by ``patch_dataset``), or the output folder of ``jobs/preprocess.py``
@@ -29,7 +37,6 @@ except ImportError:  # a checkout whose package is not installed: use it, here a
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from cps_ray import PatchStreamConfig, TrainingBatches  # noqa: E402
 from cps_ray.jobs import (  # noqa: E402
@@ -44,53 +51,16 @@ from cps_ray.jobs import (  # noqa: E402
     positive_int,
     run_entry_point,
 )
+from cps_ray.pipeline.train import (  # noqa: E402
+    TinyPatchTransformer,
+    masked_loss,
+    train_on_workers,
+)
 
 
-class TinyPatchTransformer(nn.Module):
-    """Patch tokens -> pixels of every token.
-
-    patches: float ``[B, k, 3, p, p]``; fields: int ``[B, k, 3]`` = (t, row,
-    col); mask: bool ``[B, k]``, tokens whose pixels are hidden. Returns
-    float ``[B, k, 3 * p * p]``.
-    """
-
-    def __init__(self, config: PatchStreamConfig, dim: int, depth: int, heads: int):
-        super().__init__()
-        values = 3 * config.patch_size**2
-        self.embed = nn.Linear(values, dim)
-        self.mask_token = nn.Parameter(torch.zeros(dim))
-        self.pos_t = nn.Embedding(config.sequence_length, dim)
-        self.pos_row = nn.Embedding(config.grid_size, dim)
-        self.pos_col = nn.Embedding(config.grid_size, dim)
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, values)
-
-    def forward(self, patches, fields, mask):
-        x = self.embed(patches.flatten(2))
-        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
-        t, row, col = fields.long().unbind(-1)
-        x = x + self.pos_t(t) + self.pos_row(row) + self.pos_col(col)
-        return self.head(self.norm(self.encoder(x)))
-
-
-def masked_loss(model, batch, mask_ratio: float):
-    """Mean squared error on the pixels of a random ``mask_ratio`` of the tokens."""
-    patches = batch["patches"].float()
-    b, k = patches.shape[:2]
-    hidden = max(1, round(mask_ratio * k))
-    order = torch.rand(b, k, device=patches.device).argsort(dim=1)
-    mask = torch.zeros(b, k, dtype=torch.bool, device=patches.device)
-    mask.scatter_(1, order[:, :hidden], True)
-    predicted = model(patches, batch["meta_fields"], mask)
-    return ((predicted - patches.flatten(2)) ** 2)[mask].mean()
-
-
-def build_dataset(args):
-    """(dataset, config): shards of a preprocess output, or the live pipeline."""
+def build_dataset(args, **pool_options):
+    """(dataset, config): shards of a preprocess output, or the live pipeline
+    (``pool_options`` go to ``patch_dataset``)."""
     import ray
 
     manifest_path = os.path.join(args.input, "manifest.json")
@@ -105,7 +75,8 @@ def build_dataset(args):
     from cps_ray import patch_dataset
 
     config = config_from_args(args)
-    return patch_dataset(find_inputs(args.input), config, **isolation_from_args(args)), config
+    options = {**isolation_from_args(args), **pool_options}
+    return patch_dataset(find_inputs(args.input), config, **options), config
 
 
 def batches_forever(ds, batch_size: int, device: str):
@@ -120,7 +91,48 @@ def batches_forever(ds, batch_size: int, device: str):
             raise JobError(f"no video could be used ({feed.skipped} failed)")
 
 
+def train_workers(args) -> dict:
+    """``--num-workers N``: Ray Train workers over the dataset's shards."""
+    connect_ray(args.address)
+    reserve = {"reserve_cpus": args.num_workers * args.worker_cpus}
+    if args.use_gpu:
+        reserve["reserve_gpus"] = float(args.num_workers)
+    ds, config = build_dataset(args, **reserve)
+    options = {
+        "batch_size": args.batch_size, "epochs": args.epochs,
+        "steps": None if args.epochs is not None else args.steps, "lr": args.lr,
+        "dim": args.dim, "depth": args.depth, "heads": args.heads,
+        "mask_ratio": args.mask_ratio, "seed": args.seed, "prefetch_batches": 2,
+    }  # fmt: skip
+    storage = os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else None
+    summary = train_on_workers(
+        ds, config, options, num_workers=args.num_workers, use_gpu=args.use_gpu,
+        worker_cpus=args.worker_cpus, storage_path=storage, run_name=args.run_name,
+    )  # fmt: skip
+    for w in summary["workers"]:
+        wait = w["data_wait_share"]
+        print(
+            f"worker {w['rank']} on {w['device']}: {w['steps']} steps, {w['samples']} samples, "
+            f"{w['skipped']} failed videos skipped, {w['dropped']} dropped at epoch ends; "
+            f"waiting for data {'n/a' if wait is None else f'{100 * wait:.1f}%'} after the "
+            f"first batch ({w['first_batch_seconds']:.2f} s); loss {w['loss_first']} -> "
+            f"{w['loss_last']}"
+        )
+    print(
+        f"train_stream: {summary['num_workers']} workers, {summary['samples']} samples in "
+        f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
 def train(args) -> dict:
+    if args.num_workers:
+        return train_workers(args)
+    if args.steps is None:
+        raise JobError("--epochs needs --num-workers; the one-process loop counts --steps")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
@@ -192,7 +204,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos (a folder, a manifest or a glob), or a jobs/preprocess.py output "
         "folder (its manifest's config then applies)",
     )  # fmt: skip
-    parser.add_argument("--steps", type=positive_int, default=20, help="training steps (20)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="training steps (20)")
+    length.add_argument(
+        "--epochs", type=positive_int, default=None,
+        help="passes over the data instead of --steps (needs --num-workers)",
+    )  # fmt: skip
+    workers = parser.add_argument_group("Ray Train (many workers)")
+    workers.add_argument(
+        "--num-workers", type=int, default=0, metavar="N",
+        help="Ray Train workers, data-parallel, each on its own share (0: train in this process)",
+    )  # fmt: skip
+    workers.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    workers.add_argument(
+        "--worker-cpus", type=float, default=1.0, metavar="C",
+        help="CPUs each worker holds; the pipeline's pools get the rest (1)",
+    )  # fmt: skip
+    workers.add_argument(
+        "--checkpoint-dir", metavar="DIR",
+        help="where runs and checkpoints are kept (Ray's default: ~/ray_results); the same "
+        "DIR and --run-name continue a run from its last checkpoint",
+    )  # fmt: skip
+    workers.add_argument("--run-name", default=None, help="the run's name under DIR")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="videos per step (4)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if any)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
@@ -217,6 +250,12 @@ def main(argv=None) -> int:
         parser.error(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     if args.dim % args.heads:
         parser.error(f"--dim ({args.dim}) must be a multiple of --heads ({args.heads})")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
+    if not args.worker_cpus > 0:
+        parser.error(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+    if args.steps is None and args.epochs is None:
+        args.steps = 20
     return run_entry_point("train_stream.py", train, args)
 
 

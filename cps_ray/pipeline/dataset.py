@@ -93,14 +93,28 @@ def plan_pipeline(
     select_num_gpus: float | None = None,
     videos_per_block: int = 8,
     fuse: bool | None = None,
+    reserve_cpus: float = 0.0,
+    reserve_gpus: float = 0.0,
 ) -> PipelinePlan:
     """Resources per stage from the split config and the cluster's resources.
 
     ``auto`` asks for GPUs when the cluster has them; each actor still
-    resolves ``auto`` on its own node when it starts.
+    resolves ``auto`` on its own node when it starts. ``reserve_cpus`` and
+    ``reserve_gpus`` are held back for other work on the cluster (Ray Train
+    workers): the pools are sized to what is left, and reserved GPUs are never
+    offered to decode actors.
     """
-    cpus = float(cluster.get("CPU", 1.0))
-    gpus = float(cluster.get("GPU", 0.0))
+    for name, value in (("reserve_cpus", reserve_cpus), ("reserve_gpus", reserve_gpus)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(name, value, "It must be a number >= 0.")
+    cpus = float(cluster.get("CPU", 1.0)) - reserve_cpus
+    gpus = max(float(cluster.get("GPU", 0.0)) - reserve_gpus, 0.0)
+    if cpus < 0.5:
+        raise ConfigError(
+            "reserve_cpus", reserve_cpus,
+            f"The cluster has {cluster.get('CPU', 0)} CPUs; the pipeline needs at least "
+            "0.5 left to run.",
+        )  # fmt: skip
     if not isinstance(videos_per_block, int) or videos_per_block < 1:
         raise ConfigError("videos_per_block", videos_per_block, "It must be an int >= 1.")
     for name, requested in (
@@ -198,7 +212,9 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
             ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
             ``select_num_gpus``, ``videos_per_block`` (8; fewer for short
             inputs, so every decode actor gets work), ``fuse`` (None:
-            fuse gpu -> gpu on one device), ``preserve_order`` (True),
+            fuse gpu -> gpu on one device), ``reserve_cpus`` and
+            ``reserve_gpus`` (0: resources the pools leave to other work,
+            e.g. Ray Train workers; reserved GPUs never decode), ``preserve_order`` (True),
             ``isolation`` (``"process"``: decoders run in a child process of
             each decode actor, so a crash or hang costs one video, see
             :mod:`cps_ray.pipeline.isolation`; ``"none"``: in the actor,
@@ -227,6 +243,7 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     known = {
         "decode_pool", "select_pool", "decode_num_cpus", "decode_num_gpus",
         "select_num_cpus", "select_num_gpus", "videos_per_block", "fuse",
+        "reserve_cpus", "reserve_gpus",
     }  # fmt: skip
     unknown = set(pool_options) - known
     if unknown:
