@@ -272,3 +272,38 @@ def select(
     tensors on ``cuda:{device_id}`` (CPU under the simulator)."""
     patches, flat, kept = select_batch(frames[None], patch_size, k_keep, device_id=device_id)
     return patches[0], flat[0], kept[0]
+
+
+# -- warm-up and on-disk caching, as kernels/cpu.py warms its kernels --------
+
+
+def _enable_caching() -> None:
+    """Keep compiled kernels in Numba's on-disk cache (``__pycache__`` beside
+    this file, or ``NUMBA_CACHE_DIR``), as ``cuda.jit(cache=True)`` would: a
+    new process (an isolated child, a restarted actor) loads them instead
+    of compiling again."""
+    for kernel in (_energies_kernel, _top_k_kernel, _gather_kernel):
+        enable = getattr(kernel, "enable_caching", None)  # the simulator has none
+        if enable is not None:
+            enable()
+
+
+_enable_caching()
+
+_warm_lock = threading.Lock()
+# Devices whose kernels this process has compiled or loaded.
+warm_devices: set[int] = set()
+
+
+def warmup(device_id: int = 0) -> None:
+    """Compile (or load from the cache) every kernel for ``cuda:{device_id}``
+    now; call when a worker starts, so that the first video does not pay for
+    it inside its decode timeout. Idempotent per device."""
+    with _warm_lock:
+        if device_id in warm_devices:
+            return
+        # The argument types of every real call: uint8 [B, T, 3, S, S], int64 outputs.
+        select_batch(np.zeros((1, 2, 3, 4, 4), np.uint8), 2, 3, device_id=device_id)
+        if not _simulating():
+            torch.cuda.synchronize(device_id)
+        warm_devices.add(device_id)
