@@ -23,8 +23,9 @@ class DecodeResult:
     seconds. decode_backend: the resolved ``"cpu"``/``"gpu"``.
     num_frames: frames in the video. route: how they were found (see
     :mod:`cps_ray.decode`). decode_seconds: wall time of the decode.
-    device_fallback: why NVDEC could not decode the file, when ``auto``
-    decoded it on the CPU instead (``decode_backend`` is then ``"cpu"``).
+    device_fallback: why ``auto`` decoded on the CPU of a node where torch
+    sees CUDA: torchcodec cannot decode on this node's GPU, or NVDEC cannot
+    decode this file (``decode_backend`` is then ``"cpu"``); ``None`` otherwise.
     """
 
     path: str
@@ -70,7 +71,7 @@ def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) 
         num_frames=out.num_frames,
         route=out.route,
         decode_seconds=time.perf_counter() - start,
-        device_fallback=out.device_fallback,
+        device_fallback=out.device_fallback or resolved.decode_fallback,
     )
 
 
@@ -99,6 +100,7 @@ class PatchStream:
     Both live on the CPU for ``process_backend="cpu"`` and on
     ``cuda:{process_device_id}`` for ``"gpu"``. After :meth:`close` they are
     released and reading them raises :class:`~cps_ray.errors.SessionClosedError`.
+    device_fallback: as in :class:`DecodeResult`.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class PatchStream:
         self.num_frames = decoded.num_frames
         self.route = decoded.route
         self.decode_seconds = decoded.decode_seconds
+        self.device_fallback = decoded.device_fallback
         self.select_seconds = select_seconds
         self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
             patches,

@@ -204,7 +204,7 @@ def nvdec_library() -> str | None:
 
 def _run_info() -> int:
     from . import __version__, devices
-    from .config import resolve_decode_backend, resolve_process_backend
+    from .config import resolve_decode, resolve_process_backend
 
     rows = [("cps_ray", __version__)]
     rows += [(name, _module_version(name)) for name in ("torch", "torchcodec", "numba", "numpy")]
@@ -213,8 +213,8 @@ def _run_info() -> int:
     rows.append(("cuda devices", str(devices.cuda_device_count())))
     library = nvdec_library()
     rows.append(("nvdec (libnvcuvid)", library or "not found (no NVIDIA video decoder)"))
-    decode = resolve_decode_backend("auto", 0)
-    rows.append(("auto decode backend", decode))
+    decode, fallback = resolve_decode("auto", 0)
+    rows.append(("auto decode backend", decode + (f" ({fallback})" if fallback else "")))
     rows.append(("auto process backend", resolve_process_backend("auto", 0, decode)))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:

@@ -218,28 +218,51 @@ class PatchStreamConfig(DecodeConfig):
 
 @dataclass(frozen=True)
 class ResolvedBackends:
-    """What ``auto`` became on this node, recorded on every result."""
+    """What ``auto`` became on this node, recorded on every result.
+
+    decode_fallback: why ``auto`` decodes on the CPU of a node where torch
+    sees CUDA (torchcodec cannot decode there, see
+    :func:`cps_ray.devices.nvdec_problem`); ``None`` otherwise.
+    """
 
     decode_backend: Literal["cpu", "gpu"]
     decode_device: str
     process_backend: Literal["cpu", "gpu"] | None = None
     process_device: str | None = None
+    decode_fallback: str | None = None
 
 
-def resolve_decode_backend(requested: str, device_id: int) -> Literal["cpu", "gpu"]:
-    """``auto`` -> gpu where CUDA is available on this node, else cpu.
+def resolve_decode(requested: str, device_id: int) -> tuple[Literal["cpu", "gpu"], str | None]:
+    """``(backend, fallback)``: ``auto`` -> gpu where CUDA is available on this
+    node and torchcodec can decode on it, else cpu; ``fallback`` says why
+    ``auto`` chose cpu although torch sees CUDA.
 
     An explicit ``gpu`` (or an ``auto`` that chose gpu) is checked against
-    the devices this process sees; only ``auto`` may choose.
+    the devices this process sees; an explicit ``gpu`` that torchcodec cannot
+    decode on raises :class:`~cps_ray.errors.NvdecUnavailableError`. Only
+    ``auto`` may choose.
     """
     _check_choice("decode_backend", requested, BACKENDS)
     if requested == "auto":
         resolved = "gpu" if devices.cuda_available() else "cpu"
     else:
         resolved = requested
-    if resolved == "gpu":
-        _check_gpu("decode", requested, device_id)
-    return resolved
+    if resolved != "gpu":
+        return resolved, None
+    _check_gpu("decode", requested, device_id)
+    problem = devices.nvdec_problem(device_id)
+    if problem is None:
+        return "gpu", None
+    if requested != "auto":
+        from .errors import NvdecUnavailableError
+
+        raise NvdecUnavailableError(device_id, problem)
+    return "cpu", problem
+
+
+def resolve_decode_backend(requested: str, device_id: int) -> Literal["cpu", "gpu"]:
+    """The backend of :func:`resolve_decode`, without the fallback reason."""
+    return resolve_decode(requested, device_id)[0]
 
 
 def _check_gpu(stage: str, requested: str, device_id: int) -> None:
@@ -265,14 +288,15 @@ def resolve_process_backend(
 
 def resolve_backends(config: DecodeConfig) -> ResolvedBackends:
     """Resolve every ``auto`` of ``config`` on this node, in one place."""
-    decode = resolve_decode_backend(config.decode_backend, config.decode_device_id)
+    decode, fallback = resolve_decode(config.decode_backend, config.decode_device_id)
     decode_device = devices.torch_device(decode, config.decode_device_id)
     if not isinstance(config, PatchStreamConfig):
-        return ResolvedBackends(decode, decode_device)
+        return ResolvedBackends(decode, decode_device, decode_fallback=fallback)
     process = resolve_process_backend(config.process_backend, config.process_device_id, decode)
     return ResolvedBackends(
         decode,
         decode_device,
         process,
         devices.torch_device(process, config.process_device_id),
+        decode_fallback=fallback,
     )

@@ -460,11 +460,13 @@ def _decode_cuda(req: _Request, nvdec_fallback: bool) -> VideoFrames:
         reason = str(fallback).split("Falling back due to:", 1)[-1].strip() if fallback else None
     except DecodeError:
         raise
-    except Exception as e:
-        reason = None
+    except Exception as e:  # torchcodec raises RuntimeError/ValueError
         opened = open_reason(e, req.path)
         if opened.startswith(FATAL_OPEN):
             raise DecodeError(req.path, opened) from None
+        # The CUDA decoder refused a file FFmpeg can open (a codec or size
+        # NVDEC lacks): the CPU decodes it under auto, or says why it cannot.
+        reason = f"the CUDA decoder cannot open it: {short_reason(e)}"
     if reason is not None:
         if not nvdec_fallback:
             raise DecodeError(

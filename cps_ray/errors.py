@@ -26,6 +26,22 @@ class DeviceUnavailableError(CpsRayError):
         super().__init__(f"{field}={value!r} cannot run on this node: {node_has}")
 
 
+class NvdecUnavailableError(DeviceUnavailableError):
+    """An explicit ``decode_backend="gpu"`` on a node where torch sees CUDA
+    but torchcodec cannot decode on it (a CPU build of torchcodec, one built
+    for another CUDA, no NVDEC library). ``reason`` says what the probe found."""
+
+    def __init__(self, device_id: int, reason: str):
+        self.reason = reason
+        super().__init__(
+            "decode_backend",
+            "gpu",
+            f"torch sees CUDA device {device_id}, but {reason}. Install the CUDA builds "
+            "of torch and torchcodec that match (pip install -c constraints-gpu.txt "
+            "-e '.[cuda]'), or use decode_backend='cpu' ('auto' falls back by itself)",
+        )
+
+
 def printable_path(path: str) -> str:
     """``path`` for a one-line message: control characters (a newline in a
     file name, say) are shown escaped, as ``repr`` would."""

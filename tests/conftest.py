@@ -4,7 +4,12 @@ import os
 import shutil
 
 import pytest
-from media import make_media
+from media import make_gpu_media, make_media
+
+# The CPU suite sees no CUDA device, also on a GPU machine, in this process,
+# in isolated children and in the session's Ray workers: "auto" resolves to
+# cpu everywhere, as the tests expect. `gpu` tests see the real devices.
+CPU_VIEW = {"CPS_RAY_FAKE_CUDA_DEVICES": "0"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,31 +26,55 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def media(tmp_path_factory):
+@pytest.fixture(autouse=True)
+def _cpu_view_of_cuda(request, monkeypatch):
+    """Pin every test not marked ``gpu`` to a node without CUDA (the variable
+    reaches child processes; tests inject other counts on top of it)."""
+    if "gpu" not in request.keywords:
+        for name, value in CPU_VIEW.items():
+            monkeypatch.setenv(name, value)
+    yield
+
+
+def _media_folder(tmp_path_factory, name: str):
     # CPS_RAY_TEST_MEDIA: a folder made beforehand (scripts/gpu_session.sh
     # carries one to GPU machines, which have no ffmpeg CLI).
     premade = os.environ.get("CPS_RAY_TEST_MEDIA")
     if premade:
         from pathlib import Path
 
-        return make_media(Path(premade))
+        return Path(premade) / name
     if shutil.which("ffmpeg") is None:
         pytest.fail("the ffmpeg CLI is needed to make test media (make setup installs it)")
-    return make_media(tmp_path_factory.mktemp("media"))
+    return tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    return make_media(_media_folder(tmp_path_factory, "media"))
+
+
+@pytest.fixture(scope="session")
+def gpu_media(tmp_path_factory):
+    """NVDEC-sized media (``media.GPU_MEDIA``), made only where a test asks."""
+    return make_gpu_media(_media_folder(tmp_path_factory, "gpu_media"))
 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session, sized to this machine."""
-    ray = pytest.importorskip("ray")
+    """One local Ray for the whole test session, sized to this machine, with
+    no GPU: Ray is a hard dependency, so a broken install fails here."""
+    import ray
+
     if not ray.is_initialized():
         ray.init(
             address="local",  # never attach to a head another process started
             num_cpus=2,
+            num_gpus=0,  # also on a GPU machine: the CPU tests plan without GPUs
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            runtime_env={"env_vars": dict(CPU_VIEW)},
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -65,6 +65,47 @@ GOOD = {
     "gop250.ts": lavfi(seconds=12) + X264 + ["-crf", "40", "-g", "250", "-f", "mpegts"],
 }
 
+# NVDEC-sized media for the `gpu` tests (tests/test_gpu.py): NVDEC refuses
+# frames below a codec's minimum (HEVC 144x144, VP9 and AV1 128x128), which
+# the small files above are. 320x256, one second; made only where asked.
+GPU_SIZE = "320x256"
+GPU_MEDIA = {
+    "h264.mp4": lavfi(GPU_SIZE, 1.0) + X264 + ["-g", "12"],
+    "hevc.mkv": lavfi(GPU_SIZE, 1.0) + X265 + ["-pix_fmt", "yuv420p", "-g", "12"],
+    "vp9.webm": lavfi(GPU_SIZE, 1.0)
+    + ["-c:v", "libvpx-vp9", "-b:v", "300k", "-deadline", "realtime", "-g", "12"],
+    "av1.mkv": lavfi(GPU_SIZE, 1.0)
+    + ["-c:v", "libaom-av1", "-cpu-used", "8", "-row-mt", "1", "-g", "12"],
+    "h264_10bit.mp4": lavfi(GPU_SIZE, 1.0) + ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"],
+}
+
+
+def nvdec_decodes(name: str, capability: tuple[int, int]) -> bool:
+    """Whether the NVDEC of a GPU of compute ``capability`` decodes the
+    ``GPU_MEDIA`` file ``name``, per NVIDIA's NVDEC application note (Video
+    Codec SDK 13.0, "NVDEC Hardware Capabilities"): H.264 8-bit, HEVC and VP9
+    from Volta on; AV1 on Ampere GA10x (8.6, 8.7), Ada (8.9) and Blackwell
+    (10.x, 12.x) but not GA100 (8.0) or Hopper (9.0); H.264 High10 on
+    Blackwell only."""
+    if name == "av1.mkv":
+        return capability in ((8, 6), (8, 7), (8, 9)) or capability[0] >= 10
+    if name == "h264_10bit.mp4":
+        return capability[0] >= 10
+    return capability[0] >= 7
+
+
+def make_gpu_media(folder: Path) -> dict[str, Path]:
+    """Build ``GPU_MEDIA`` in ``folder``; returns name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, args in GPU_MEDIA.items():
+        out = folder / name
+        if not out.exists():
+            _ffmpeg(args, out)
+        paths[name] = out
+    return paths
+
+
 # Names a shell, FFmpeg's protocol parser ("pipe:0" is standard input) or its
 # image-sequence patterns ("%d") would act on; each is a copy of short5.mp4
 # or image.png under "odd names/".

@@ -4,8 +4,8 @@ import pytest
 
 from cps_ray import ConfigError, CpsRayError, DecodeConfig, PatchStreamConfig
 from cps_ray.config import resolve_backends
-from cps_ray.devices import override_cuda_device_count
-from cps_ray.errors import DeviceUnavailableError
+from cps_ray.devices import fake_environment, override_cuda_device_count, override_nvdec_problem
+from cps_ray.errors import DeviceUnavailableError, NvdecUnavailableError
 
 
 def test_defaults_follow_design():
@@ -118,3 +118,66 @@ def test_device_id_beyond_node_is_an_error():
             resolve_backends(DecodeConfig(decode_backend="gpu", decode_device_id=3))
         with pytest.raises(DeviceUnavailableError, match="process_device_id=1"):
             resolve_backends(PatchStreamConfig(process_backend="gpu", process_device_id=1))
+
+
+NO_TORCHCODEC_CUDA = "torchcodec 0.13.0 cannot decode on cuda:0 (Unsupported device: cuda:0)"
+
+
+def test_auto_falls_back_to_cpu_when_torchcodec_cannot_decode_on_cuda():
+    with override_cuda_device_count(1), override_nvdec_problem(NO_TORCHCODEC_CUDA):
+        r = resolve_backends(PatchStreamConfig())
+    assert (r.decode_backend, r.decode_device) == ("cpu", "cpu")
+    assert (r.process_backend, r.process_device) == ("cpu", "cpu")  # follows decode
+    assert r.decode_fallback == NO_TORCHCODEC_CUDA
+    with override_cuda_device_count(1), override_nvdec_problem(None):
+        r = resolve_backends(PatchStreamConfig())
+    assert (r.decode_backend, r.decode_fallback) == ("gpu", None)
+
+
+def test_explicit_gpu_names_what_torchcodec_lacks():
+    with override_cuda_device_count(1), override_nvdec_problem(NO_TORCHCODEC_CUDA):
+        with pytest.raises(NvdecUnavailableError) as info:
+            resolve_backends(DecodeConfig(decode_backend="gpu"))
+        # the process stage does not need torchcodec
+        split = resolve_backends(PatchStreamConfig(decode_backend="cpu", process_backend="gpu"))
+    assert isinstance(info.value, DeviceUnavailableError)
+    message = str(info.value)
+    assert "decode_backend='gpu'" in message and NO_TORCHCODEC_CUDA in message
+    assert "constraints-gpu.txt" in message
+    assert (split.decode_backend, split.process_backend, split.decode_fallback) == (
+        "cpu",
+        "gpu",
+        None,
+    )
+
+
+def test_injected_answers_reach_child_processes():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from cps_ray.config import resolve_backends, PatchStreamConfig; "
+        "r = resolve_backends(PatchStreamConfig()); "
+        "print(json.dumps([r.decode_backend, r.decode_fallback]))"
+    )
+    with override_cuda_device_count(1), override_nvdec_problem("no NVDEC here"):
+        env = {**os.environ, **fake_environment()}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == ["cpu", "no NVDEC here"]
+
+
+def test_the_probe_names_what_is_missing_on_a_node_without_cuda_torchcodec():
+    """The real probe, with nothing injected, on this machine's torchcodec."""
+    import torch
+
+    from cps_ray import devices
+
+    if torch.cuda.is_available():
+        pytest.skip("this node has CUDA: tests/test_gpu.py checks the probe passes")
+    problem = devices._probe_torchcodec_cuda(0)
+    assert problem is not None and problem.startswith("torchcodec ")
+    assert "cuda:0" in problem and ".cpp" not in problem

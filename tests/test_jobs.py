@@ -286,11 +286,19 @@ def test_cluster_yaml_is_valid_and_closed():
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
     assert "0.0.0.0" not in text and "::/0" not in text
-    # the package is installed on every node type
-    assert any("pip install" in c and "cps_ray" in c for c in config["setup_commands"])
-    for node_type in types.values():
-        own = node_type.get("worker_setup_commands")
-        assert own is None or any("pip install" in c and "cps_ray" in c for c in own)
+    # the package is installed on every node type, with the pinned pairing of
+    # torch and torchcodec for its kind (CPU builds, or CUDA 13 builds)
+    for name, node_type in types.items():
+        if name == config["head_node_type"]:
+            own = config["head_setup_commands"]
+        else:
+            own = node_type.get("worker_setup_commands") or config["worker_setup_commands"]
+        installs = [c for c in own if "pip install" in c and "cps_ray" in c]
+        pairing = (
+            "constraints-gpu.txt" if node_type["resources"].get("GPU") else "constraints-cpu.txt"
+        )
+        assert len(installs) == 1 and f"-c ~/cps_ray/{pairing}" in installs[0], name
+        assert ("cps_ray[cuda]" in installs[0]) == (pairing == "constraints-gpu.txt")
 
     # the token comes from a local file; no token (or token variable) is in the file
     mounts = config["file_mounts"]

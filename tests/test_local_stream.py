@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cps_ray import ConfigError, PatchStreamConfig, local_stream, patch_stream, row_patches
-from cps_ray.devices import override_cuda_device_count
+from cps_ray.devices import override_cuda_device_count, override_nvdec_problem
 from cps_ray.errors import DeviceUnavailableError
 from cps_ray.pipeline import ROW_COLUMNS
 
@@ -143,3 +143,19 @@ def test_random_selection_is_seeded_per_video(media):
     assert fields(selection="random", selection_seed=1) != random0
     assert random0[0] != random0[1]  # seeded per video, not one pattern for all
     assert fields(selection="energy") != random0
+
+
+@pytest.mark.parametrize("isolation", ["process", "none"])
+def test_auto_fallback_is_recorded_on_rows_also_from_isolated_children(media, isolation):
+    """A GPU node whose torchcodec cannot decode on CUDA (injected): auto
+    decodes on the CPU and every row says why. The injected answers reach
+    the isolated children, which resolve auto on their own."""
+    paths = [str(media["h264.mp4"]), str(media["broken/empty.mp4"])]
+    with override_cuda_device_count(1), override_nvdec_problem("no NVDEC on this node"):
+        good, bad = local_stream(paths, CFG, num_workers=1, isolation=isolation)
+    assert good["error"] is None and bad["error"]
+    for row in (good, bad):
+        assert (row["decode_backend"], row["process_backend"]) == ("cpu", "cpu")
+        assert row["device_fallback"] == "no NVDEC on this node"
+    (plain,) = local_stream(paths[:1], CFG, num_workers=1, isolation=isolation)
+    assert plain["device_fallback"] is None

@@ -9,7 +9,7 @@ import pytest
 
 from cps_ray import ConfigError, PatchStreamConfig, local_stream, row_patches
 from cps_ray.errors import DeviceUnavailableError
-from cps_ray.pipeline.dataset import patch_dataset, plan_pipeline
+from cps_ray.pipeline.dataset import DEFAULT_DECODE_GPU_SHARE, patch_dataset, plan_pipeline
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
 NAMES = [
@@ -100,7 +100,9 @@ def test_plan_gpu_cluster_auto_fuses_on_one_device():
     plan = plan_pipeline(CFG, {"CPU": 16.0, "GPU": 2.0})
     assert plan.fused
     (fused,) = plan.stages
-    assert 0 < fused.num_gpus < 1 and fused.pool == 8
+    # several decode actors per GPU (8: a Hopper has 7 NVDEC engines), one CPU each
+    assert fused.num_gpus == DEFAULT_DECODE_GPU_SHARE == 1 / 8 and fused.pool == 16
+    assert plan_pipeline(CFG, {"CPU": 4.0, "GPU": 2.0}).stages[0].pool == 4
 
 
 def test_plan_split_backends():
@@ -109,7 +111,8 @@ def test_plan_split_backends():
     assert decode.num_gpus == 0 and select.num_gpus > 0
     gpu_cpu = replace(CFG, decode_backend="gpu", process_backend="cpu")
     decode, select = plan_pipeline(gpu_cpu, {"CPU": 8.0, "GPU": 1.0}).stages
-    assert decode.num_gpus == 0.25 and select.num_gpus == 0
+    assert decode.num_gpus == DEFAULT_DECODE_GPU_SHARE and select.num_gpus == 0
+    assert decode.pool == 8
     with pytest.raises(DeviceUnavailableError, match="declares no GPU"):
         plan_pipeline(gpu_cpu, {"CPU": 8.0})
 

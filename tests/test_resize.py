@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cps_ray import DecodeConfig, decode_only
-from cps_ray.resize import resize_center_crop
+from cps_ray.resize import RESIZE_CHUNK_BYTES, chunk_frames_for, resize_center_crop
 
 # Mean absolute difference, in uint8 levels, allowed between the GPU path's
 # torch resize and FFmpeg's swscale: both bilinear and antialiased, they
@@ -38,3 +38,27 @@ def test_center_crop_of_wide_frames():
 def test_bad_input():
     with pytest.raises(ValueError, match="uint8"):
         resize_center_crop(torch.zeros((1, 3, 4, 4)), 2)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 90, 160), (5, 3, 120, 64), (4, 3, 48, 48)])
+def test_chunks_give_the_same_bits_as_one_pass(shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    whole = resize_center_crop(frames, 32, chunk_frames=shape[0])
+    for chunk in (1, 2, 3, shape[0] + 5):
+        assert torch.equal(resize_center_crop(frames, 32, chunk_frames=chunk), whole)
+    assert torch.equal(resize_center_crop(frames, 32), whole)  # the default chunk
+
+
+def test_default_chunk_bounds_the_float32_work():
+    # 4K: 3 * 4 bytes * (3840 * 2160 + 398 * 224) = 100 MB per frame.
+    assert chunk_frames_for(2160, 3840, 224) * 12 * (2160 * 3840 + 398 * 224) <= RESIZE_CHUNK_BYTES
+    assert chunk_frames_for(2160, 3840, 224) == 2
+    assert chunk_frames_for(4320, 8192, 224) == 1  # 8K: one frame at a time
+    assert chunk_frames_for(64, 96, 32) > 1000  # small frames: the whole clip
+
+
+def test_bad_chunk_frames():
+    frames = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        resize_center_crop(frames, 4, chunk_frames=0)

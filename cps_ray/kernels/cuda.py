@@ -329,3 +329,47 @@ def select(
         frames[None], patch_size, k_keep, device_id=device_id, flat=batch_flat, table=table
     )
     return patches[0], flat[0], kept[0]
+
+
+# -- warm-up and on-disk caching, as kernels/cpu.py warms its kernels --------
+
+
+def _enable_caching() -> None:
+    """Keep compiled kernels in Numba's on-disk cache (``__pycache__`` beside
+    this file, or ``NUMBA_CACHE_DIR``), as ``cuda.jit(cache=True)`` would: a
+    new process (an isolated child, a restarted actor) loads them instead
+    of compiling again."""
+    for kernel in (_energies_kernel, _top_k_kernel, _gather_kernel):
+        enable = getattr(kernel, "enable_caching", None)  # the simulator has none
+        if enable is not None:
+            enable()
+
+
+_enable_caching()
+
+_warm_lock = threading.Lock()
+# Devices whose kernels this process has compiled or loaded.
+warm_devices: set[int] = set()
+
+
+def warmup(device_id: int = 0) -> None:
+    """Compile (or load from the cache) every kernel for ``cuda:{device_id}``
+    now; call when a worker starts, so that the first video does not pay for
+    it inside its decode timeout. Idempotent per device."""
+    with _warm_lock:
+        if device_id in warm_devices:
+            return
+        from ..convert import bits_table
+
+        # The argument types of every real call: uint8 [B, T, 3, S, S], int64
+        # indices, the int16 (bf16, fp16) and int32 (fp32) bit tables, the
+        # uint8 identity, and indices chosen outside (the baselines).
+        frames = np.zeros((1, 2, 3, 4, 4), np.uint8)
+        select_batch(frames, 2, 3, device_id=device_id)
+        for dtype in ("bf16", "fp32"):
+            select_batch(frames, 2, 3, device_id=device_id, table=bits_table(dtype))
+        chosen = np.arange(3, dtype=np.int64)[None]
+        select_batch(frames, 2, 3, device_id=device_id, flat=chosen, table=bits_table("bf16"))
+        if not _simulating():
+            torch.cuda.synchronize(device_id)
+        warm_devices.add(device_id)

@@ -19,7 +19,9 @@ from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
 
 # Fractional GPU shares: several decode actors share one GPU's NVDEC engines.
-DEFAULT_DECODE_GPU_SHARE = 0.25
+# Eight per GPU keep a Hopper's seven engines (or an Ada's few) busy; one
+# actor decodes one video at a time.
+DEFAULT_DECODE_GPU_SHARE = 0.125
 DEFAULT_SELECT_GPU_SHARE = 0.25
 # Selection costs a few percent of decoding; its CPU actors need little.
 DEFAULT_SELECT_CPU_SHARE = 0.5
@@ -265,8 +267,10 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     }
     if plan.fused:
         (fused,) = plan.stages
+        decoding["gpu_share"] = fused.num_gpus
         return _map(ds, FusedStage, decoding, fused, per_block, remote_args)
     decode, select = plan.stages
+    decoding["gpu_share"] = decode.num_gpus
     ds = _map(ds, DecodeStage, decoding, decode, per_block, remote_args)
     return _map(ds, SelectStage, {"config": config}, select, per_block, remote_args)
 

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..devices import fake_environment
 from ..errors import ConfigError, CpsRayError, printable_path
 
 ISOLATION_MODES = ("process", "none")
@@ -132,6 +133,9 @@ class IsolatedWorker:
         # The child imports what this process imports, from the same places
         # (a Ray worker's working_dir is on sys.path, not in PYTHONPATH).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # Injected CUDA and NVDEC answers (tests, simulated clusters) hold in
+        # the child too.
+        env.update(fake_environment())
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", CHILD_MODULE, str(child_sock.fileno())],

@@ -32,8 +32,12 @@ ROW_COLUMNS = (
     "timestamps",
     "decode_backend",
     "process_backend",
+    "device_fallback",
     "error",
 )
+# String columns that are null in most rows (Arrow types a column of only
+# nulls as null; shards cast them back to string).
+NULLABLE_STRING_COLUMNS = ("device_fallback", "error")
 
 
 def patches_to_numpy(patches: torch.Tensor) -> np.ndarray:
@@ -61,8 +65,10 @@ def make_row(
     decode_backend: str,
     process_backend: str,
     output_dtype: str,
+    device_fallback: str | None = None,
 ) -> dict[str, Any]:
-    """A success row from tensors on any device."""
+    """A success row from tensors on any device. ``device_fallback``: why
+    ``auto`` decoded on the CPU of a GPU node (None when it did not)."""
     return {
         "path": path,
         "patches": patches_to_numpy(patches),
@@ -73,6 +79,7 @@ def make_row(
         "timestamps": _host_array(timestamps, np.float64),
         "decode_backend": decode_backend,
         "process_backend": process_backend,
+        "device_fallback": device_fallback or None,
         "error": None,
     }
 
@@ -95,6 +102,7 @@ def success_row(session: PatchStream) -> dict[str, Any]:
         session.decode_backend,
         session.process_backend,
         session.config.output_dtype,
+        session.device_fallback,
     )
 
 
@@ -130,6 +138,7 @@ def error_row(
     config: PatchStreamConfig,
     decode_backend: str,
     process_backend: str,
+    device_fallback: str | None = None,
 ) -> dict[str, Any]:
     """A failed video: ``error`` set, arrays zero-filled placeholders of the
     normal shapes and dtypes (``frame_indices`` -1), so every row of a
@@ -146,5 +155,6 @@ def error_row(
         "timestamps": np.zeros((t,), np.float64),
         "decode_backend": decode_backend,
         "process_backend": process_backend,
+        "device_fallback": device_fallback or None,
         "error": err if isinstance(err, str) else error_reason(err),
     }

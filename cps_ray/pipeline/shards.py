@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CpsRayError
 from ..kernels.reference import ENERGY_RULE, LEGACY_ENERGY_RULE
+from .rows import NULLABLE_STRING_COLUMNS
 
 SHARDS_DIR = "shards"
 SHARD_PATTERN = "shard-{:05d}.parquet"
@@ -389,11 +390,12 @@ def write_shards(
 
     def flush(tables: list[pa.Table]) -> None:
         table = pa.concat_tables(tables, promote_options="default")
-        if table.schema.field("error").type != pa.string():
-            # A batch without failures types its all-null column as null; every
-            # shard has one schema, whatever batches its rows came in.
-            index = table.schema.get_field_index("error")
-            table = table.set_column(index, "error", table.column("error").cast(pa.string()))
+        for column in NULLABLE_STRING_COLUMNS:
+            if column in table.schema.names and table.schema.field(column).type != pa.string():
+                # A batch without failures types its all-null column as null; every
+                # shard has one schema, whatever batches its rows came in.
+                index = table.schema.get_field_index(column)
+                table = table.set_column(index, column, table.column(column).cast(pa.string()))
         name = f"{SHARDS_DIR}/{SHARD_PATTERN.format(first_index + len(shards))}"
         output.write_table(name, table)
         shards.append({"file": name, "rows": table.num_rows})

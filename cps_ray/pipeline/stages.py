@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..api import decode_with
-from ..config import PatchStreamConfig, resolve_decode_backend, resolve_process_backend
+from ..config import PatchStreamConfig, resolve_decode, resolve_process_backend
 from ..decode import default_ffmpeg_threads
-from ..devices import cuda_available, torch_device
+from ..devices import cuda_available, processes_per_gpu, size_nvdec_cache, torch_device
 from ..select import select_video
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
 from .rows import error_reason, error_row, make_row, rows_to_batch
@@ -29,40 +29,51 @@ def _paths(batch: dict[str, np.ndarray]) -> list[str]:
 
 
 class FrameDecoder:
-    """One path -> ``(frames, frame_indices, timestamps, fell_back)`` as NumPy
-    (frames uint8 ``[T, 3, S, S]``); raises ``DecodeError``. What a decode
-    actor runs per video, in itself or in its isolated child."""
+    """One path -> ``(frames, frame_indices, timestamps, device_fallback)``
+    as NumPy (frames uint8 ``[T, 3, S, S]``; ``device_fallback`` "" unless
+    ``auto`` decoded on the CPU of a GPU node, then why); raises
+    ``DecodeError``. What a decode actor runs per video, in itself or in its
+    isolated child; ``processes_per_gpu`` sizes its NVDEC cache."""
 
-    def __init__(self, config: PatchStreamConfig, num_threads: int):
+    def __init__(self, config: PatchStreamConfig, num_threads: int, processes_per_gpu: int = 1):
         self.config = config
-        self.decode_backend = resolve_decode_backend(config.decode_backend, config.decode_device_id)
+        self.decode_backend, self.fallback = resolve_decode(
+            config.decode_backend, config.decode_device_id
+        )
         self.device = torch_device(self.decode_backend, config.decode_device_id)
         self.num_threads = num_threads
         import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now
 
-    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        if self.decode_backend == "gpu":
+            size_nvdec_cache(processes_per_gpu)
+
+    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         out = decode_with(self.config, path, self.device, self.num_threads)
         return (
             out.frames.cpu().numpy(),
             out.frame_indices.numpy(),
             out.timestamps.numpy(),
-            out.device_fallback is not None,
+            out.device_fallback or self.fallback or "",
         )
 
 
-def child_frame_decoder(config: PatchStreamConfig, num_threads: int) -> FrameDecoder:
+def child_frame_decoder(
+    config: PatchStreamConfig, num_threads: int, processes_per_gpu: int = 1
+) -> FrameDecoder:
     """The :class:`FrameDecoder` of a decode actor's isolated child, using
     the actor's share of the cores (see :func:`share_cores`)."""
     share_cores(num_threads)
-    return FrameDecoder(config, num_threads)
+    return FrameDecoder(config, num_threads, processes_per_gpu)
 
 
 class DecodeStage:
     """``{"path": [B]}`` -> ``frames`` uint8 ``[B, T, 3, S, S]`` (zeros on error),
-    ``frame_indices``, ``timestamps``, ``decode_backend``, ``error`` ("" when ok).
+    ``frame_indices``, ``timestamps``, ``decode_backend``, ``device_fallback``
+    and ``error`` ("" when none).
 
     With ``isolation="process"`` the decoding runs in a child process, see
-    :mod:`cps_ray.pipeline.isolation`.
+    :mod:`cps_ray.pipeline.isolation`. ``gpu_share``: the fraction of a GPU
+    each decode actor asks for (sizes the NVDEC cache of its process).
     """
 
     def __init__(
@@ -71,22 +82,26 @@ class DecodeStage:
         ffmpeg_threads: int = 0,
         isolation: str = DEFAULT_ISOLATION,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        gpu_share: float = 0.0,
     ):
         check_stream_config(config)
         check_isolation(isolation, max_attempts)
         self.config = config
-        self.decode_backend = resolve_decode_backend(config.decode_backend, config.decode_device_id)
+        self.decode_backend, self.fallback = resolve_decode(
+            config.decode_backend, config.decode_device_id
+        )
         threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
+        per_gpu = processes_per_gpu(gpu_share)
         if isolation == "process":
             self.isolated = IsolatedWorker(
-                functools.partial(child_frame_decoder, config, threads),
+                functools.partial(child_frame_decoder, config, threads, per_gpu),
                 timeout_s=config.decode_timeout_s,
                 max_attempts=max_attempts,
             )
             self.isolated.start()
             self.decode = self._decode_isolated
         else:
-            self.decode = FrameDecoder(config, threads)
+            self.decode = FrameDecoder(config, threads, per_gpu)
 
     def _decode_isolated(self, path: str):
         ok, value = self.isolated.run(path)
@@ -104,10 +119,11 @@ class DecodeStage:
         # "" means no error: a column of only None does not survive Arrow.
         errors: list[str] = [""] * n
         backends = [self.decode_backend] * n
+        fallbacks = [self.fallback or ""] * n
         for i, path in enumerate(paths):
             try:
-                frames[i], indices[i], stamps[i], fell_back = self.decode(path)
-                if fell_back:
+                frames[i], indices[i], stamps[i], fallbacks[i] = self.decode(path)
+                if fallbacks[i]:
                     backends[i] = "cpu"
             except _Failed as failed:
                 errors[i] = failed.reason
@@ -119,6 +135,7 @@ class DecodeStage:
             "frame_indices": indices,
             "timestamps": stamps,
             "decode_backend": np.array(backends, dtype=object),
+            "device_fallback": np.array(fallbacks, dtype=object),
             "error": np.array(errors, dtype=object),
         }
 
@@ -152,6 +169,10 @@ class SelectStage:
             from ..kernels import cpu
 
             cpu.warmup()
+        if self.fixed_backend == "gpu" or (self.fixed_backend is None and self.has_cuda):
+            from ..kernels import cuda
+
+            cuda.warmup(config.process_device_id)
 
     def backend_for(self, decode_backend: str) -> str:
         if self.fixed_backend is not None:
@@ -163,6 +184,7 @@ class SelectStage:
         rows: list[dict[str, Any]] = []
         for i, path in enumerate(_paths(batch)):
             decode_backend = str(batch["decode_backend"][i])
+            fallback = str(batch["device_fallback"][i] or "") or None
             backend = self.backend_for(decode_backend)
             error = batch["error"][i]
             if not isinstance(error, str) or not error:
@@ -179,12 +201,13 @@ class SelectStage:
                             decode_backend,
                             backend,
                             cfg.output_dtype,
+                            fallback,
                         )
                     )
                     continue
                 except Exception as err:
                     error = error_reason(err)
-            rows.append(error_row(path, str(error), cfg, decode_backend, backend))
+            rows.append(error_row(path, str(error), cfg, decode_backend, backend, fallback))
         return rows_to_batch(rows)
 
 
@@ -198,12 +221,18 @@ class FusedStage:
         ffmpeg_threads: int = 0,
         isolation: str = DEFAULT_ISOLATION,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        gpu_share: float = 0.0,
     ):
         if ffmpeg_threads and not config.ffmpeg_threads:
             from dataclasses import replace
 
             config = replace(config, ffmpeg_threads=ffmpeg_threads)
-        self.worker = make_worker(config, isolation=isolation, max_attempts=max_attempts)
+        self.worker = make_worker(
+            config,
+            isolation=isolation,
+            max_attempts=max_attempts,
+            processes_per_gpu=processes_per_gpu(gpu_share),
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return rows_to_batch([self.worker(path) for path in _paths(batch)])

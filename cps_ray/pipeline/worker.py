@@ -12,6 +12,7 @@ from typing import Any
 from ..api import run_patch_stream
 from ..config import PatchStreamConfig, resolve_backends
 from ..decode import default_ffmpeg_threads
+from ..devices import size_nvdec_cache
 from ..errors import ConfigError
 from .isolation import IsolatedPool, check_isolation
 from .rows import error_row, success_row
@@ -28,21 +29,40 @@ def check_stream_config(config: PatchStreamConfig) -> None:
         )
 
 
-class VideoWorker:
-    """Turns one path into one row; never raises for a bad video."""
+def warm_up(resolved, config: PatchStreamConfig, processes_per_gpu: int = 1) -> None:
+    """What a worker does once when it starts, not in its first video: load
+    FFmpeg's libraries, size the NVDEC cache for the GPU's decode processes,
+    compile (or load) the selection kernel it will run."""
+    import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries
 
-    def __init__(self, config: PatchStreamConfig, concurrent_videos: int = 1):
+    if resolved.decode_backend == "gpu":
+        size_nvdec_cache(processes_per_gpu)
+    if resolved.process_backend == "gpu":
+        from ..kernels import cuda
+
+        cuda.warmup(config.process_device_id)
+    elif resolved.process_backend == "cpu":
+        from ..kernels import cpu
+
+        cpu.warmup()
+
+
+class VideoWorker:
+    """Turns one path into one row; never raises for a bad video.
+
+    ``processes_per_gpu``: decode processes sharing the GPU (sizes the NVDEC cache).
+    """
+
+    def __init__(
+        self, config: PatchStreamConfig, concurrent_videos: int = 1, *, processes_per_gpu: int = 1
+    ):
         check_stream_config(config)
         self.config = config
         # Resolved on this node, when the worker starts; an explicit gpu that
         # cannot run here fails now, for the whole run, not per video.
         self.resolved = resolve_backends(config)
         self.num_threads = config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
-        if self.resolved.process_backend == "cpu":
-            from ..kernels import cpu
-
-            cpu.warmup()
-        import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now, not in video 1
+        warm_up(self.resolved, config, processes_per_gpu)
 
     def __call__(self, path: str) -> dict[str, Any]:
         try:
@@ -56,6 +76,7 @@ class VideoWorker:
                 self.config,
                 self.resolved.decode_backend,
                 self.resolved.process_backend,
+                self.resolved.decode_fallback,
             )
 
 
@@ -83,10 +104,12 @@ def share_cores(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
-def child_video_worker(config: PatchStreamConfig, concurrent_videos: int) -> VideoWorker:
+def child_video_worker(
+    config: PatchStreamConfig, concurrent_videos: int, processes_per_gpu: int = 1
+) -> VideoWorker:
     """The :class:`VideoWorker` of an isolated child, one of ``concurrent_videos``."""
     share_cores(default_ffmpeg_threads(concurrent_videos))
-    return VideoWorker(config, concurrent_videos)
+    return VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
 
 
 class IsolatedVideoWorker:
@@ -101,13 +124,14 @@ class IsolatedVideoWorker:
         *,
         max_attempts: int,
         pool_size: int = 1,
+        processes_per_gpu: int = 1,
     ):
         check_stream_config(config)
         self.config = config
         # Checked here too, so a config this node cannot run fails at once.
         self.resolved = resolve_backends(config)
         self.pool = IsolatedPool(
-            functools.partial(child_video_worker, config, concurrent_videos),
+            functools.partial(child_video_worker, config, concurrent_videos, processes_per_gpu),
             pool_size,
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
@@ -120,7 +144,12 @@ class IsolatedVideoWorker:
             return value
         resolved = self.resolved
         return error_row(
-            path, value, self.config, resolved.decode_backend, resolved.process_backend
+            path,
+            value,
+            self.config,
+            resolved.decode_backend,
+            resolved.process_backend,
+            resolved.decode_fallback,
         )
 
     def close(self) -> None:
@@ -133,12 +162,18 @@ def make_worker(
     concurrent_videos: int = 1,
     isolation: str,
     max_attempts: int,
+    processes_per_gpu: int = 1,
 ) -> VideoWorker | IsolatedVideoWorker:
     """The worker ``isolation`` asks for; ``concurrent_videos`` callers may
-    use it at once (threads)."""
+    use it at once (threads). ``processes_per_gpu``: workers like this one
+    sharing a GPU (pipeline actors); isolated children multiply it."""
     check_isolation(isolation, max_attempts)
     if isolation == "none":
-        return VideoWorker(config, concurrent_videos)
+        return VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
     return IsolatedVideoWorker(
-        config, concurrent_videos, max_attempts=max_attempts, pool_size=concurrent_videos
+        config,
+        concurrent_videos,
+        max_attempts=max_attempts,
+        pool_size=concurrent_videos,
+        processes_per_gpu=processes_per_gpu * concurrent_videos,
     )

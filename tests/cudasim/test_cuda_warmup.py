@@ -1,0 +1,47 @@
+"""Workers warm the CUDA kernels when they start, in Numba's simulator (a GPU
+node is injected): the first video does not compile them."""
+
+from __future__ import annotations
+
+import pytest
+
+from cps_ray import PatchStreamConfig
+from cps_ray.devices import override_cuda_device_count
+
+CFG = PatchStreamConfig(
+    sequence_length=2, input_size=28, patch_size=14, k_keep=4, decode_backend="cpu"
+)
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    from cps_ray.kernels import cuda
+
+    monkeypatch.setattr(cuda, "warm_devices", set())
+    return cuda
+
+
+def test_warmup_runs_every_kernel_once_per_device(cuda, monkeypatch):
+    launches = []
+    launch = cuda._launch
+    monkeypatch.setattr(cuda, "_launch", lambda *a: (launches.append(a[5:7]), launch(*a)))
+    cuda.warmup(0)
+    cuda.warmup(0)
+    assert launches == [(2, 3)] and cuda.warm_devices == {0}
+
+
+@pytest.mark.parametrize("process_backend, warm", [("gpu", {0}), ("cpu", set())])
+def test_a_video_worker_warms_the_kernel_it_will_run(cuda, process_backend, warm):
+    from cps_ray.pipeline.worker import VideoWorker
+
+    with override_cuda_device_count(1):
+        VideoWorker(PatchStreamConfig(**{**CFG.__dict__, "process_backend": process_backend}))
+    assert cuda.warm_devices == warm
+
+
+def test_a_gpu_select_stage_warms_when_its_actor_starts(cuda):
+    from cps_ray.pipeline.stages import SelectStage
+
+    with override_cuda_device_count(1):
+        SelectStage(PatchStreamConfig(**{**CFG.__dict__, "process_backend": "gpu"}))
+    assert cuda.warm_devices == {0}
