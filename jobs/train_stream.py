@@ -113,14 +113,15 @@ def train_workers(args) -> dict:
         wait = w["data_wait_share"]
         print(
             f"worker {w['rank']} on {w['device']}: {w['steps']} steps, {w['samples']} samples, "
-            f"{w['skipped']} failed videos skipped, {w['dropped']} dropped at epoch ends; "
+            f"{w['dropped']} dropped at epoch ends; "
             f"waiting for data {'n/a' if wait is None else f'{100 * wait:.1f}%'} after the "
             f"first batch ({w['first_batch_seconds']:.2f} s); loss {w['loss_first']} -> "
             f"{w['loss_last']}"
         )
     print(
         f"train_stream: {summary['num_workers']} workers, {summary['samples']} samples in "
-        f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s"
+        f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s; "
+        f"{summary['failed']} videos failed (left out before the split)"
     )
     if args.json:
         with open(args.json, "w") as f:

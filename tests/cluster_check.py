@@ -46,14 +46,31 @@ def main(paths: list[str]) -> None:
         for a, b in zip(rows, local)
         if a["error"] is None
     )
+    # A trainer worker beside the pipeline, the declared GPU reserved for the
+    # trainer: the pools leave it alone, so auto decodes on CPU actors. (A
+    # trainer worker cannot hold the GPU itself here: Ray Train's torch
+    # backend would move the model to a CUDA device this machine lacks.)
+    from cps_ray.pipeline.train import train_on_workers
+
+    auto = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
+    trained = train_on_workers(
+        patch_dataset(paths, auto, reserve_cpus=1, reserve_gpus=1), auto,
+        {"batch_size": 1, "epochs": 1, "steps": None, "lr": 1e-3, "dim": 8, "depth": 1,
+         "heads": 2, "mask_ratio": 0.25, "seed": 0, "prefetch_batches": 1},
+        num_workers=1, resources_per_worker={"CPU": 1},
+    )  # fmt: skip
     from ray.util.state import list_actors
 
-    placement = {}
+    actors = {}  # stage -> [(node, asks for a GPU)], every actor of both runs
     for actor in list_actors(detail=True, limit=1000):
         name = actor.class_name or ""
-        for stage in ("DecodeStage", "SelectStage"):
+        for stage in ("DecodeStage", "SelectStage", "RayTrainWorker"):
             if stage in name:
-                placement.setdefault(stage, set()).add(actor.node_id)
+                wants_gpu = any(
+                    key == "GPU" or key.startswith("GPU_group")
+                    for key in (actor.required_resources or {})
+                )
+                actors.setdefault(stage, []).append((actor.node_id, wants_gpu))
     print(
         json.dumps(
             {
@@ -64,7 +81,8 @@ def main(paths: list[str]) -> None:
                     (r["path"], r["decode_backend"], r["process_backend"], r["error"]) for r in rows
                 ],
                 "same_as_cpu": bool(same),
-                "placement": {k: sorted(v) for k, v in placement.items()},
+                "actors": actors,
+                "trained_samples": trained["samples"],
             }
         )
     )

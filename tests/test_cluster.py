@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def test_stages_land_where_the_config_says(media):
+def test_stages_and_trainer_land_where_the_config_says(media):
     paths = [str(media["h264.mp4"]), str(media["vp9.webm"]), str(media["broken/empty.mp4"])]
     script = Path(__file__).with_name("cluster_check.py")
     env = {**os.environ}
@@ -26,7 +26,8 @@ def test_stages_land_where_the_config_says(media):
     assert (decode, process) == ("cpu", "cpu")
 
     # cpu -> gpu: the gpu stage runs only on the GPU node, and rows record it
-    assert seen["placement"]["SelectStage"] == [gpu_node]
+    gpu_selects = [node for node, wants_gpu in seen["actors"]["SelectStage"] if wants_gpu]
+    assert gpu_selects and set(gpu_selects) == {gpu_node}
     rows = {r[0]: r[1:] for r in seen["rows"]}
     assert len(rows) == 3
     assert rows[paths[0]][:3] == ["cpu", "gpu", None]
@@ -34,3 +35,10 @@ def test_stages_land_where_the_config_says(media):
     assert "empty file" in rows[paths[2]][2]
     # the CUDA kernel (simulated) selects exactly what the CPU kernel selects
     assert seen["same_as_cpu"]
+
+    # A Ray Train worker beside the pipeline, the GPU reserved for training
+    # (reserve_gpus=1): the auto pipeline's actors ask for no GPU.
+    assert len(seen["actors"]["RayTrainWorker"]) == 1
+    assert not any(wants_gpu for _, wants_gpu in seen["actors"]["DecodeStage"])
+    assert any(not wants_gpu for _, wants_gpu in seen["actors"]["SelectStage"])
+    assert seen["trained_samples"] == 2  # both good videos, one epoch

@@ -173,6 +173,14 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     # The shards feed training as they are (nothing decoded).
     summary = _train(["--input", str(out), "--steps", "2", "--batch-size", "2"], tmp_path)
     assert summary["samples"] == 4
+    # ... and two Ray Train workers, each on its own share of the shards.
+    argv = ["--input", str(out), "--num-workers", "2", "--worker-cpus", "0.5", "--epochs", "1",
+            "--batch-size", "1", "--checkpoint-dir", str(tmp_path / "runs")]  # fmt: skip
+    summary = _train(argv, tmp_path)
+    assert [w["paths"] for w in summary["workers"]] in (
+        [[str(media["h264.mp4"])], [str(media["vp9.webm"])]],
+        [[str(media["vp9.webm"])], [str(media["h264.mp4"])]],
+    )
 
 
 def _train(argv: list[str], tmp_path: Path) -> dict:

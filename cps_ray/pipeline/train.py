@@ -11,12 +11,16 @@ which accepts the worker's ``DataIterator`` as it is::
     for batch in Lockstep(feed):
         ...  # the same number of steps on every worker
 
-Error rows make shards uneven (a worker whose share holds more failed videos
-has fewer batches), and data-parallel training deadlocks when one worker runs
-one step more than another. :class:`Lockstep` is the rule: before every step
-the workers agree (one all-reduce of a flag) whether *all* of them have a
-batch; the epoch ends for everyone at the first step one of them lacks, and
-the others drain what is left of their share, counting it as ``dropped``.
+Error rows would make shares uneven (a worker whose share holds more failed
+videos has fewer batches), and data-parallel training deadlocks when one
+worker runs one step more than another. The rule here: error rows are
+dropped *before* the split (:func:`without_error_rows`, which logs them for
+the run's summary), so Ray's equal split gives every worker the same number of
+good rows, leaving out fewer rows than there are workers. :class:`Lockstep` is
+the safety net for any other source of unevenness: before every step the
+workers agree (one all-reduce of a flag) whether *all* of them have a batch;
+the epoch ends for everyone at the first step one of them lacks, and the
+others drain what is left of their share, counting it as ``dropped``.
 
 :func:`train_loop_per_worker` is the loop of ``jobs/train_stream.py
 --num-workers N``: a tiny patch-token transformer, data-parallel through
@@ -33,6 +37,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -190,7 +195,8 @@ def train_loop_per_worker(options: dict) -> None:
     epochs, max_steps = options["epochs"], options["steps"]
     record: dict[str, Any] = {
         "rank": rank, "device": str(device), "samples": 0, "steps": 0, "skipped": 0,
-        "skipped_paths": [], "dropped": 0, "paths": [], "epochs": [], "resumed_at_step": step,
+        "skipped_paths": [], "dropped": 0, "dropped_paths": [], "paths": [], "epochs": [],
+        "resumed_at_step": step,
         "wait_seconds": 0.0, "compute_seconds": 0.0, "first_wait_seconds": None, "losses": [],
     }  # fmt: skip
     epoch = start_epoch
@@ -224,6 +230,7 @@ def train_loop_per_worker(options: dict) -> None:
         record["skipped"] += feed.skipped
         record["skipped_paths"].extend(feed.skipped_paths)
         record["dropped"] += steps.dropped_rows
+        record["dropped_paths"].extend(steps.dropped_paths)
         record["epochs"].append({"epoch": epoch, "steps": steps.steps,
                                  "dropped": steps.dropped_rows})  # fmt: skip
         last = (
@@ -247,6 +254,38 @@ def train_loop_per_worker(options: dict) -> None:
     _report(metrics, model, optimizer, epoch, step, rank)
 
 
+def _ok_rows(batch: dict, log) -> dict:
+    keep = np.array([not (isinstance(e, str) and e) for e in batch["error"]], dtype=bool)
+    if not keep.all():
+        bad = ~keep
+        log.add.remote([str(p) for p in batch["path"][bad]], [str(e) for e in batch["error"][bad]])
+    return {key: np.asarray(value)[keep] for key, value in batch.items()}
+
+
+def without_error_rows(ds):
+    """``(ds without its error rows, log)``: a zero-CPU task stage drops them
+    before any split and records ``path -> error`` in ``log``, an actor whose
+    ``failures.remote()`` returns what it saw (every epoch re-runs a live
+    pipeline; a path is recorded once)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class FailureLog:
+        def __init__(self):
+            self.seen: dict[str, str] = {}
+
+        def add(self, paths: list[str], reasons: list[str]) -> None:
+            for path, reason in zip(paths, reasons):
+                self.seen.setdefault(path, reason)
+
+        def failures(self) -> dict[str, str]:
+            return self.seen
+
+    log = FailureLog.remote()
+    kept = ds.map_batches(_ok_rows, fn_kwargs={"log": log}, batch_format="numpy", num_cpus=0)
+    return kept, log
+
+
 def _share(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole > 0 else None
 
@@ -267,7 +306,8 @@ def summarize(workers: list[dict], fit_seconds: float) -> dict:
                 "loss_first": w["losses"][0] if w["losses"] else None,
                 "loss_last": w["losses"][-1] if w["losses"] else None,
                 "resumed_at_step": w["resumed_at_step"], "epochs": w["epochs"],
-                "skipped_paths": w["skipped_paths"], "paths": w["paths"],
+                "skipped_paths": w["skipped_paths"], "dropped_paths": w["dropped_paths"],
+                "paths": w["paths"],
             }
         )  # fmt: skip
     samples = sum(r["samples"] for r in records)
@@ -297,15 +337,19 @@ def train_on_workers(
     worker_cpus: float = 1.0,
     storage_path: str | None = None,
     run_name: str | None = None,
+    resources_per_worker: dict[str, float] | None = None,
 ) -> dict:
     """Run :func:`train_loop_per_worker` on ``num_workers`` Ray Train workers
     (one GPU each with ``use_gpu``) over ``ds``; returns :func:`summarize`'s
     summary. A run started again with the same ``storage_path`` and
-    ``run_name`` continues from its last checkpoint."""
+    ``run_name`` continues from its last checkpoint. ``resources_per_worker``
+    replaces what each worker holds (``worker_cpus`` and a GPU with ``use_gpu``)."""
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})}
+    resources = resources_per_worker or {"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})}
+    ds, log = without_error_rows(ds)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**options, "stream_config": _config_dict(config)},
@@ -318,6 +362,9 @@ def train_on_workers(
     start = time.perf_counter()
     result = trainer.fit()
     summary = summarize(result.metrics["workers"], time.perf_counter() - start)
+    failed = ray.get(log.failures.remote())
+    summary["failed"] = len(failed)
+    summary["failures"] = failed
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else None
     return summary
 
