@@ -51,10 +51,14 @@ bench: setup
 		--apis decode_only patch_stream decord torchcodec --decode-backends cpu gpu \
 		--process-backends cpu gpu --limit 10 \
 		--json benchmark/out/codec_apis.json --png benchmark/out/codec_apis.png
+	$(BIN)/python benchmark/make_photo_clips.py .cache/photo_clips
+	$(BIN)/python benchmark/selection_quality.py .cache/photo_clips --limit 40 \
+		--json benchmark/out/selection_quality_photos.json --png benchmark/out/selection_quality_photos.png
 	$(BIN)/python benchmark/selection_quality.py .cache/bench_corpus \
 		--json benchmark/out/selection_quality.json --png benchmark/out/selection_quality.png
 	$(BIN)/python benchmark/benchmark_local.py --json benchmark/out/local.json
-	$(BIN)/python benchmark/benchmark_select.py --json benchmark/out/select.json
+	$(BIN)/python benchmark/benchmark_select.py --corpus .cache/bench_corpus --json benchmark/out/select.json
+	$(BIN)/python benchmark/benchmark_train.py .cache/photo_clips --json benchmark/out/train.json
 	$(BIN)/python benchmark/benchmark_pipeline.py --videos 360 --json benchmark/out/pipeline.json
 	$(BIN)/python benchmark/benchmark_memory.py --json benchmark/out/memory.json
 

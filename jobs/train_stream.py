@@ -104,7 +104,9 @@ def train_workers(args) -> dict:
         "dim": args.dim, "depth": args.depth, "heads": args.heads,
         "mask_ratio": args.mask_ratio, "seed": args.seed, "prefetch_batches": 2,
     }  # fmt: skip
-    storage = os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else None
+    storage = args.checkpoint_dir
+    if storage and "://" not in storage:
+        storage = os.path.abspath(storage)
     summary = train_on_workers(
         ds, config, options, num_workers=args.num_workers, use_gpu=args.use_gpu,
         worker_cpus=args.worker_cpus, storage_path=storage, run_name=args.run_name,

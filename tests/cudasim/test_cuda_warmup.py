@@ -24,10 +24,16 @@ def cuda(monkeypatch):
 def test_warmup_runs_every_kernel_once_per_device(cuda, monkeypatch):
     launches = []
     launch = cuda._launch
-    monkeypatch.setattr(cuda, "_launch", lambda *a: (launches.append(a[5:7]), launch(*a)))
+    # _launch(frames, energies, flat, kept, table, patches, p, k, chosen, stream)
+    monkeypatch.setattr(
+        cuda, "_launch", lambda *a: (launches.append((str(a[5].dtype), a[8])), launch(*a))
+    )
     cuda.warmup(0)
     cuda.warmup(0)
-    assert launches == [(2, 3)] and cuda.warm_devices == {0}
+    # uint8, the int16 (bf16/fp16) and int32 (fp32) bit tables, and the
+    # baselines' chosen indices: every specialisation a real call compiles
+    assert launches == [("uint8", False), ("int16", False), ("int32", False), ("int16", True)]
+    assert cuda.warm_devices == {0}
 
 
 @pytest.mark.parametrize("process_backend, warm", [("gpu", {0}), ("cpu", set())])
