@@ -60,6 +60,15 @@ def finish(
     """
     n_patches = grid_size * grid_size
     n = patch_size * patch_size
+    if flat.device.type == "cpu":
+        # A few NumPy passes over k values: torch's per-op overhead would
+        # cost more than the selection kernel itself.
+        f = flat.numpy()
+        t, rc = np.divmod(f, n_patches)
+        r, c = np.divmod(rc, grid_size)
+        meta_fields = torch.from_numpy(np.stack([t, r, c], axis=1).astype(np.int32))
+        scores = (energies.numpy() / float(3 * n * n)).astype(np.float32)
+        return convert.from_bits(patches, output_dtype), meta_fields, torch.from_numpy(scores)
     t = torch.div(flat, n_patches, rounding_mode="floor")
     rc = flat - t * n_patches
     r = torch.div(rc, grid_size, rounding_mode="floor")
