@@ -46,8 +46,6 @@ from .guards import (
     short_reason,
 )
 
-ROUTES = ("header", "scan", "sequential")
-
 
 @dataclass(frozen=True)
 class VideoFrames:

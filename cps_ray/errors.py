@@ -72,3 +72,32 @@ class MissingDependencyError(CpsRayError, ImportError):
             f"{feature} needs the '{package}' package, which is not installed. "
             f"Install it with: pip install 'cps_ray[{extra}]'"
         )
+
+
+class JobError(CpsRayError):
+    """A job that cannot run as asked: its inputs, its output or its address."""
+
+
+class IsolationError(CpsRayError):
+    """A worker's child process could not start: a setup problem of the
+    node (not of a video), so the whole run stops."""
+
+
+class OutputPathError(CpsRayError, ValueError):
+    """A file ``write_shards`` would write or read that is not inside its output."""
+
+
+class OutputNotEmptyError(CpsRayError, ValueError):
+    """``write_shards`` without ``resume`` on an output that already holds a run."""
+
+
+class EnergyRuleError(CpsRayError, ValueError):
+    """``resume`` into an output whose rows were selected under another energy rule."""
+
+
+class MediaToolError(CpsRayError):
+    """The ``ffmpeg`` command is missing or failed to make a sample video."""
+
+
+class VideoFolderError(CpsRayError, ValueError):
+    """A videos folder that does not exist or is not a directory."""

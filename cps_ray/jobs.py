@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, UNIFORM_STRATEGIES, PatchStreamConfig
-from .errors import CpsRayError
+from .errors import CpsRayError, JobError
 from .media import find_videos
 from .pipeline.inputs import MANIFEST_SUFFIXES, is_manifest, read_manifest
 from .pipeline.isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
@@ -49,10 +49,6 @@ DEFAULT_ROWS_PER_SHARD = 64
 MAX_LISTED_FAILURES = 20
 # Set by Ray's job supervisor in the environment of a submitted driver.
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-
-
-class JobError(CpsRayError):
-    """A job that cannot run as asked: its inputs, its output or its address."""
 
 
 def positive_int(text: str) -> int:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import CpsRayError
+from .errors import MediaToolError, VideoFolderError
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     ".mp4 .mkv .webm .mov .avi .ts .m4v .mpg .mpeg .flv .wmv .3gp".split()
@@ -35,14 +35,6 @@ SAMPLE_SOURCES: dict[str, str] = {
         "scale=320:240:flags=neighbor"
     ),
 }
-
-
-class MediaToolError(CpsRayError):
-    """The ``ffmpeg`` command is missing or failed to make a sample video."""
-
-
-class VideoFolderError(CpsRayError, ValueError):
-    """A videos folder that does not exist or is not a directory."""
 
 
 def _ffmpeg_binary() -> str:

@@ -181,3 +181,16 @@ def test_the_probe_names_what_is_missing_on_a_node_without_cuda_torchcodec():
     problem = devices._probe_torchcodec_cuda(0)
     assert problem is not None and problem.startswith("torchcodec ")
     assert "cuda:0" in problem and ".cpp" not in problem
+
+
+def test_every_error_class_is_public_and_a_cps_ray_error():
+    import inspect
+
+    import cps_ray
+    from cps_ray import errors
+
+    classes = {
+        n for n, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)
+    }
+    assert classes <= set(cps_ray.__all__)
+    assert all(issubclass(getattr(cps_ray, n), cps_ray.CpsRayError) for n in classes)

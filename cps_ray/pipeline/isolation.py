@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..devices import fake_environment
-from ..errors import ConfigError, CpsRayError, printable_path
+from ..errors import ConfigError, IsolationError, printable_path
 
 ISOLATION_MODES = ("process", "none")
 DEFAULT_ISOLATION = "process"
@@ -53,11 +53,6 @@ STARTUP_TIMEOUT_S = 300.0
 # error; the child is killed only if it has not answered this much later.
 MAX_GRACE_S = 5.0
 CHILD_MODULE = "cps_ray.pipeline._isolated_child"
-
-
-class IsolationError(CpsRayError):
-    """A worker's child process could not start: a setup problem of the
-    node (not of a video), so the whole run stops."""
 
 
 def check_isolation(isolation: object, max_attempts: object) -> None:

@@ -118,11 +118,6 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return batch
 
 
-def batch_to_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    n = len(batch["path"])
-    return [{column: batch[column][i] for column in batch} for i in range(n)]
-
-
 def error_reason(err: BaseException) -> str:
     """A one-line reason for an error row."""
     if isinstance(err, CpsRayError):

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..errors import CpsRayError
+from ..errors import EnergyRuleError, OutputNotEmptyError, OutputPathError
 from ..kernels.reference import ENERGY_RULE, LEGACY_ENERGY_RULE
 from .rows import NULLABLE_STRING_COLUMNS
 
@@ -66,18 +66,6 @@ TEMPORARY_NAME = re.compile(
     rf"(?:shard-\d{{5,}}\.parquet|{re.escape(ERRORS_FILE)}|{re.escape(MANIFEST_FILE)})"
     r"\.tmp-[0-9a-f]{8}"
 )
-
-
-class OutputPathError(CpsRayError, ValueError):
-    """A file ``write_shards`` would write or read that is not inside its output."""
-
-
-class OutputNotEmptyError(CpsRayError, ValueError):
-    """``write_shards`` without ``resume`` on an output that already holds a run."""
-
-
-class EnergyRuleError(CpsRayError, ValueError):
-    """``resume`` into an output whose rows were selected under another energy rule."""
 
 
 def written_energy_rule(manifest: dict[str, Any]) -> str:
