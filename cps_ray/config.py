@@ -16,7 +16,7 @@ from . import devices
 from .errors import ConfigError
 
 Backend = Literal["auto", "cpu", "gpu"]
-UniformStrategy = Literal["auto", "index", "time"]
+UniformStrategy = Literal["auto", "index", "time", "keyframe"]
 OutputDtype = Literal["bf16", "fp16", "fp32"]
 Selection = Literal["energy", "random", "uniform"]
 
@@ -83,7 +83,9 @@ class DecodeConfig:
         decode_device_id: CUDA device index for ``decode_backend="gpu"``,
             among the devices visible to this process.
         uniform_strategy: which frames represent the video, see
-            :mod:`cps_ray.sampling`: ``"auto"``, ``"index"`` or ``"time"``.
+            :mod:`cps_ray.sampling`: ``"auto"``, ``"index"`` or ``"time"``
+            (exact), or ``"keyframe"`` (per uniform target, the cheapest frame
+            to decode within half a sampling interval, see :mod:`cps_ray.keyframes`).
         input_size: ``None`` keeps the native resolution; an int S resizes
             the short side to S (bilinear, antialiased) and center-crops S x S.
         ffmpeg_threads: FFmpeg decode threads per video; 0 picks

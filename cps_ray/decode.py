@@ -498,7 +498,52 @@ def _first_frame_size(req: _Request) -> tuple[int, int]:
     raise DecodeError(req.path, "too damaged to decode: no frame could be decoded")
 
 
+def _sample_keyframes(req: _Request, transforms) -> VideoFrames | None:
+    """The ``keyframe`` strategy (see :mod:`cps_ray.keyframes`), or ``None``
+    when the packets cannot be listed or the decoder disagrees with them; the
+    ``index`` routes then decode the exact uniform frames instead."""
+    from .keyframes import NoPacketIndex, choose_frames, read_index
+
+    try:
+        index = read_index(ffmpeg_path(req.path))
+    except NoPacketIndex:
+        return None
+    req.limits.check_time()
+    positions = choose_frames(index, req.sequence_length)
+    uniq, inverse = np.unique(positions, return_inverse=True)
+    wanted = index.pts_seconds[uniq]
+    # Ask for the middle of each frame's display interval: a time computed as
+    # exactly its pts can round to just before it, and show the frame before.
+    following = np.append(index.pts_seconds[1:], index.pts_seconds[-1] + 2e-3)
+    played_at = (wanted + following[uniq]) / 2
+    # The approximate mode maps times to frames by the header's rate, which a
+    # variable-rate file breaks; the exact mode scans the packets first.
+    for seek_mode in ("approximate", "exact"):
+        try:
+            decoder = req.open(seek_mode, transforms)
+            data, pts, _ = _seek_frames(
+                decoder.get_frames_played_at, played_at.tolist(), req.limits
+            )
+        except (RuntimeError, ValueError, IndexError):  # torchcodec's errors
+            continue
+        if np.allclose(pts.to(torch.float64).numpy(), wanted, rtol=0, atol=1e-6):
+            break
+    else:
+        return None
+    inv = torch.from_numpy(inverse)
+    frames = data[inv].contiguous()
+    timestamps = torch.from_numpy(wanted)[inv]
+    positions_t = torch.from_numpy(positions)
+    return VideoFrames(frames, positions_t, timestamps, index.num_frames, "keyframe")
+
+
 def _decode_routes(req: _Request, transforms) -> VideoFrames:
+    if req.uniform_strategy == "keyframe":
+        out = _sample_keyframes(req, transforms)
+        if out is not None:
+            return out
+        req = dataclasses.replace(req, uniform_strategy="index")
+
     def opener(seek_mode: str):
         return lambda: req.open(seek_mode, transforms)
 
