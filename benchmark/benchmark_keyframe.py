@@ -86,8 +86,13 @@ def main() -> None:
             "max_offset_share": float(np.abs(chosen - targets).max() / half),
             "same_frames_as_plan": cheap.frame_indices.tolist() == chosen.tolist(),
         }
+        reader = None
         if decord is not None:
-            reader = decord.VideoReader(path, num_threads=1)
+            try:
+                reader = decord.VideoReader(path, num_threads=1)
+            except decord.DECORDError as err:  # e.g. AV1: decord's FFmpeg 4.1 has no decoder
+                record["decord_error"] = str(err).splitlines()[-1][-80:]
+        if reader is not None:
 
             def with_decord(picked, reader=reader):
                 reader.seek(0)
