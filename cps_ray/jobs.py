@@ -51,15 +51,24 @@ MAX_LISTED_FAILURES = 20
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0)
 
 
 # --- inputs and output ------------------------------------------------------
@@ -186,7 +195,7 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
             help=f"{text} ({base[field]})",
         )  # fmt: skip
     group.add_argument(
-        "--selection-seed", type=_non_negative_int, default=base["selection_seed"],
+        "--selection-seed", type=non_negative_int, default=base["selection_seed"],
         metavar="N", help="mixed into the random baseline's per-video seed "
         f"({base['selection_seed']})",
     )  # fmt: skip
@@ -201,16 +210,6 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
         help="a video taking longer becomes an error row; 'none' waits forever "
         f"({base['decode_timeout_s']:g})",
     )  # fmt: skip
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _int_or_none(text: str) -> int | None:

@@ -48,6 +48,7 @@ from cps_ray.jobs import (  # noqa: E402
     connect_ray,
     find_inputs,
     isolation_from_args,
+    non_negative_int,
     positive_int,
     run_entry_point,
 )
@@ -125,8 +126,13 @@ def train_workers(args) -> dict:
         f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s; "
         f"{summary['failed']} videos failed (left out before the split)"
     )
-    if args.json:
-        with open(args.json, "w") as f:
+    return _written(summary, args.json)
+
+
+def _written(summary: dict, path: str | None) -> dict:
+    """``summary``, also written as JSON to ``path`` when one is given."""
+    if path:
+        with open(path, "w") as f:
             json.dump(summary, f, indent=2)
     return summary
 
@@ -190,10 +196,7 @@ def train(args) -> dict:
         f"{'n/a' if after is None else f'{100 * after:.1f}%'}); "
         f"loss {losses[0]:.5f} -> {losses[-1]:.5f}"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return _written(summary, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     workers = parser.add_argument_group("Ray Train (many workers)")
     workers.add_argument(
-        "--num-workers", type=int, default=0, metavar="N",
+        "--num-workers", type=non_negative_int, default=0, metavar="N",
         help="Ray Train workers, data-parallel, each on its own share (0: train in this process)",
     )  # fmt: skip
     workers.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
@@ -253,8 +256,6 @@ def main(argv=None) -> int:
         parser.error(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     if args.dim % args.heads:
         parser.error(f"--dim ({args.dim}) must be a multiple of --heads ({args.heads})")
-    if args.num_workers < 0:
-        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     if not args.worker_cpus > 0:
         parser.error(f"--worker-cpus must be > 0, got {args.worker_cpus}")
     if args.steps is None and args.epochs is None:
