@@ -15,7 +15,7 @@
 # `run` keeps to GPU_SESSION_SECONDS (450 s) in all: each step has its own
 # limit, and a step that would pass the budget is cut short (its log says so).
 #
-# The GPU machine (see /work/.library/device/KINDS.md) has Python 3.12, torch
+# The GPU machine (see the device tool's notes) has Python 3.12, torch
 # 2.11.0+cu130, numba, numba-cuda, numpy, pyarrow and pytest; it lacks
 # torchcodec, FFmpeg's libraries and the ffmpeg CLI. `prepare` carries:
 #   .gpu_carry/whl/                 torchcodec (a CUDA 13 build, constraints-gpu.txt)
