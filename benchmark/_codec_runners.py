@@ -7,7 +7,10 @@ the frame indices cps_ray chose (``Plan.frame_indices``), as uint8
 center ``S x S`` crop); ``patch_stream`` goes on to select patches.
 
 - ``decode_only`` / ``patch_stream``: cps_ray, decoder-side resize (swscale,
-  bilinear), finding the frame indices itself.
+  bilinear), finding the frame indices itself (``uniform_strategy="auto"``).
+  ``decode_only[index]`` and ``decode_only[keyframe]`` name the strategy;
+  ``keyframe`` decodes the cheapest frames near the uniform ones, so its
+  frames differ from the others' (within half a sampling interval).
 - ``decord``: ``VideoReader(path, width=, height=)`` decodes straight to the
   short-side-resized size (decoder-side swscale, like cps_ray), then the
   center crop and HWC -> CHW in torch. With ``decord_resize="torch"`` it
@@ -24,8 +27,38 @@ from dataclasses import dataclass, replace
 
 import torch
 
-APIS = ("decode_only", "patch_stream", "decord", "torchcodec")
-DECODE_APIS = ("decode_only", "decord", "torchcodec")  # no process stage
+APIS = ("decode_only", "decode_only[index]", "decode_only[keyframe]", "patch_stream", "decord",
+        "torchcodec")  # fmt: skip
+DECODE_APIS = ("decode_only", "decode_only[index]", "decode_only[keyframe]", "decord",
+               "torchcodec")  # no process stage  # fmt: skip
+
+
+def uniform_strategy(api: str) -> str:
+    """``decode_only[keyframe]`` -> ``keyframe``; ``auto`` without brackets."""
+    return api.split("[", 1)[1].rstrip("]") if "[" in api else "auto"
+
+
+def decoded_per_frame(path: str, plan: Plan, sequence_length: int) -> dict[str, float]:
+    """Packets each API decodes per sampled frame, from the packet index:
+    cps_ray's plans (non-reference pictures skipped, groups without a frame
+    left out), and decoding every packet from the keyframe before each frame
+    onwards, as decord and torchcodec do (continuing without a seek when the
+    next frame is in the same group)."""
+    import numpy as np
+
+    from cps_ray.decode.packets import frame_positions, packets_to_decode, read_index
+
+    index = read_index(path)
+    out = {}
+    for api in ("decode_only", "decode_only[keyframe]"):
+        positions = frame_positions(index, uniform_strategy(api), sequence_length)
+        out[api] = int(packets_to_decode(index, positions).sum()) / sequence_length
+    out["decode_only[index]"] = out["decode_only"]
+    every = np.zeros(len(index.packet_pts), dtype=bool)
+    for p in np.unique(np.asarray(plan.frame_indices)):
+        every[int(index.start[p]) : int(index.packet[p]) + 1] = True
+    out["decord"] = out["torchcodec"] = int(every.sum()) / sequence_length
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -113,7 +146,7 @@ def _decode_only(job: Job, plan: Plan):
         sequence_length=job.sequence_length,
         input_size=job.input_size,
         decode_backend=job.decode_backend,
-        uniform_strategy="auto",
+        uniform_strategy=uniform_strategy(job.api),
         ffmpeg_threads=job.ffmpeg_threads,
     )
     return decode_only(cfg).frames
@@ -190,6 +223,8 @@ def _torchcodec(job: Job, plan: Plan):
 
 RUNNERS = {
     "decode_only": _decode_only,
+    "decode_only[index]": _decode_only,
+    "decode_only[keyframe]": _decode_only,
     "patch_stream": _patch_stream,
     "decord": _decord,
     "torchcodec": _torchcodec,

@@ -52,6 +52,22 @@ def targets(results: list[dict], key: str = "videos_per_second") -> dict:
             "target": f">= {DECODE_TARGET}",
             "met": ratio >= DECODE_TARGET,
         }
+    # Each uniform strategy against decord: one video at a time on one
+    # thread, and each at its best parallel strategy.
+    by_strategy = {}
+    for api in ("decode_only", "decode_only[index]", "decode_only[keyframe]"):
+        ours = _ran(results, api, **cpu)
+        if not ours or not decord_best:
+            continue
+        one = _ran(results, api, strategy="sequential", **cpu)
+        theirs = _ran(results, "decord", strategy="sequential", **cpu)
+        by_strategy[api] = {
+            "best_vs_decord_best": round(_best(ours, key)[key] / decord_best[key], 3),
+            "sequential_vs_decord_sequential": (
+                round(one[0][key] / theirs[0][key], 3) if one and theirs else None
+            ),
+        }
+    out["uniform_strategies_vs_decord"] = by_strategy
     if decode_best and patch_best:
         ratio = patch_best[key] / decode_best[key]
         same = {}
@@ -73,7 +89,7 @@ def print_table(results: list[dict], header: str) -> None:
     decord_best = _best(_ran(results, "decord", decode_backend="cpu"))
     ref = decord_best["videos_per_second"] if decord_best else None
     cols = (
-        f"{'api':13} {'decode':6} {'process':7} {'strategy':15} {'w x th':>6} "
+        f"{'api':21} {'decode':6} {'process':7} {'strategy':15} {'w x th':>6} "
         f"{'videos':>6} {'median s':>9} {'videos/s':>9} {'frames/s':>9} {'/decord':>8} "
         f"{'fastest':>8} {'cpu s/v':>8}"
     )
@@ -86,7 +102,7 @@ def print_table(results: list[dict], header: str) -> None:
             continue
         rel = f"{r['videos_per_second'] / ref:7.2f}x" if ref else f"{'-':>8}"
         print(
-            f"{r['api']:13} {r['decode_backend']:6} {r['process_backend'] or '-':7} "
+            f"{r['api']:21} {r['decode_backend']:6} {r['process_backend'] or '-':7} "
             f"{r['strategy']:15} {r['workers']:>2}x{r['ffmpeg_threads']:<3} {r['videos']:6d} "
             f"{r['seconds']:9.3f} {r['videos_per_second']:9.2f} {r['frames_per_second']:9.1f} "
             f"{rel} {r['videos_per_second_fastest_repeat']:8.2f} {r['cpu_seconds_per_video']:8.3f}"
@@ -114,6 +130,12 @@ def print_targets(summary: dict) -> None:
         print(
             f"[{basis}] patch_stream best / decode_only best = {p['ratio']:.2f} "
             f"(target {p['target']}): {'met' if p['met'] else 'missed'}"
+        )
+    for api, r in summary.get("uniform_strategies_vs_decord", {}).items():
+        one = r["sequential_vs_decord_sequential"]
+        print(
+            f"[{basis}] {api} / decord: best {r['best_vs_decord_best']:.2f}x, "
+            f"one video on one thread {'-' if one is None else f'{one:.2f}x'}"
         )
 
 

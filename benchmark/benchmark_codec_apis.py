@@ -105,6 +105,12 @@ def prepare(paths: list[str], args, job_for) -> tuple[list, list[dict]]:
                 height=plan.height,
                 frame_indices=list(plan.frame_indices),
             )
+            try:
+                record["decoded_per_frame"] = runners.decoded_per_frame(
+                    path, plan, args.sequence_length
+                )
+            except Exception as err:  # no packet index: only the times are reported
+                record["decoded_per_frame"] = {"error": _reason(err)}
             failed = {}
             for api in args.apis:
                 try:
@@ -124,15 +130,15 @@ def prepare(paths: list[str], args, job_for) -> tuple[list, list[dict]]:
 def per_video(plans: list, videos: list[dict], args, job_for) -> None:
     """Seconds per video and API, one at a time with 1 FFmpeg thread (the
     work itself, free of scheduling); stored in each video's record."""
-    print(f"\nper video, 1 thread, fastest of {args.repeats} (s)")
-    print(f"{'video':44} " + " ".join(f"{api:>12}" for api in args.apis))
+    print(f"\nper video, 1 thread, fastest of {args.repeats} (s) / packets decoded per frame")
+    print(f"{'video':44} " + " ".join(f"{api[-21:]:>21}" for api in args.apis))
     for plan, record in zip(plans, videos):
         if plan is None:
             continue
         cells, seconds = [], {}
         for api in args.apis:
             if api in record.get("failed", {}):
-                cells.append(f"{'failed':>12}")
+                cells.append(f"{'failed':>21}")
                 continue
             job = job_for(api, "cpu", "cpu").with_threads(1)
             times = []
@@ -143,10 +149,11 @@ def per_video(plans: list, videos: list[dict], args, job_for) -> None:
                     times.append(time.perf_counter() - start)
             except Exception as err:
                 seconds[api] = {"error": _reason(err)}
-                cells.append(f"{'failed':>12}")
+                cells.append(f"{'failed':>21}")
                 continue
             seconds[api] = {"fastest": round(min(times), 4), "median": statistics.median(times)}
-            cells.append(f"{min(times):12.3f}")
+            per_frame = record.get("decoded_per_frame", {}).get(api)
+            cells.append(f"{min(times):12.3f} / {per_frame if per_frame is not None else '-':>5}")
         record["seconds_1_thread"] = seconds
         print(f"{os.path.basename(plan.path)[:44]:44} " + " ".join(cells), flush=True)
 

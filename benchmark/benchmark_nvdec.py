@@ -88,7 +88,7 @@ def _resize_peaks(input_size: int) -> list[dict]:
     """Peak torch memory of resizing a 16-frame 4K clip, chunked and in one pass."""
     import torch
 
-    from cps_ray.resize import chunk_frames_for, resize_center_crop
+    from cps_ray.decode.resize import chunk_frames_for, resize_center_crop
 
     frames = torch.zeros((16, 3, 2160, 3840), dtype=torch.uint8, device="cuda")
     rows = []

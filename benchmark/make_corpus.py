@@ -1,6 +1,6 @@
 """Make a benchmark corpus of synthetic videos with the ffmpeg CLI (nothing downloaded).
 
-    python benchmark/make_corpus.py OUT_DIR [--small] [--force]
+    python benchmark/make_corpus.py OUT_DIR [--small | --long] [--force]
 
 The videos come from FFmpeg's lavfi sources, all with motion: a box moving
 over a slowly changing background (local motion, like most real footage), a
@@ -8,6 +8,11 @@ panning test pattern (global motion), Conway's game of life (scattered
 motion), a Mandelbrot zoom and moving gradients (smooth motion). They span
 short and long clips, 360p to 1080p, short (12) and long (250) GOPs, and
 H.264, HEVC, VP9 and AV1 in MP4, WebM and Matroska.
+
+``--long`` makes minutes-long videos with the encoders' default groups of
+pictures (x264/x265: a keyframe at most every 250 frames and at scene cuts,
+B-frames as references) and a scene cut every 15 s, cycling through the
+contents above: the videos where ``uniform_strategy="keyframe"`` pays.
 
 The default corpus (12 videos, 202 s of video in all) is made in about
 two minutes on 2 cores; ``--small`` (6 videos, 360p-720p, a few seconds each)
@@ -41,14 +46,15 @@ class Spec:
     index: int
     codec: str  # h264, hevc, vp9, av1
     resolution: str  # a key of RESOLUTIONS
-    gop: int  # frames between keyframes (at most)
+    gop: int  # frames between keyframes (at most); 0: the encoder's default
     seconds: float
     content: str  # a key of the source graphs below
 
     @property
     def name(self) -> str:
         ext = {"h264": "mp4", "hevc": "mp4", "vp9": "webm", "av1": "mkv"}[self.codec]
-        parts = (f"{self.index:02d}", self.codec, self.resolution, f"gop{self.gop}")
+        gop = f"gop{self.gop}" if self.gop else "gopdefault"
+        parts = (f"{self.index:02d}", self.codec, self.resolution, gop)
         return "_".join((*parts, f"{self.seconds:g}s", self.content)) + f".{ext}"
 
 
@@ -103,6 +109,17 @@ SMALL_CORPUS = [
 ]
 
 
+# Minutes long, encoder-default GOPs, a scene cut every CUT_SECONDS.
+LONG_CORPUS = [
+    Spec(1, "h264", "480p", 0, 180, "cuts"),
+    Spec(2, "hevc", "480p", 0, 180, "cuts"),
+    Spec(3, "h264", "720p", 0, 120, "cuts"),
+    Spec(4, "vp9", "480p", 0, 120, "cuts"),
+]
+CUT_SECONDS = 15
+CUT_CONTENTS = ("bounce", "pan", "life", "mandelbrot", "gradients")
+
+
 def ffmpeg_encoders(binary: str) -> str:
     proc = subprocess.run(
         [binary, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
@@ -111,7 +128,16 @@ def ffmpeg_encoders(binary: str) -> str:
 
 
 def codec_args(codec: str, gop: int, encoders: str) -> list[str]:
-    """Encoder arguments: fast presets, since the corpus is for decoding."""
+    """Encoder arguments: fast presets, since the corpus is for decoding.
+    ``gop`` 0: the encoder's own keyframe placement and B-frame structure."""
+    if gop == 0:
+        return {
+            "h264": ["-c:v", "libx264", "-preset", "veryfast"],
+            "hevc": ["-c:v", "libx265", "-preset", "veryfast", "-x265-params", "log-level=error",
+                     "-tag:v", "hvc1"],
+            "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt",
+                    "1", "-crf", "34", "-b:v", "0"],
+        }[codec]  # fmt: skip
     if codec == "h264":
         return ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(gop)]
     if codec == "hevc":
@@ -138,9 +164,20 @@ def codec_args(codec: str, gop: int, encoders: str) -> list[str]:
 
 def ffmpeg_command(binary: str, spec: Spec, encoders: str, out_path: str) -> list[str]:
     width, height = RESOLUTIONS[spec.resolution]
+    if spec.content == "cuts":
+        cuts = int(-(-spec.seconds // CUT_SECONDS))
+        inputs, labels = [], ""
+        for i in range(cuts):
+            content = CUT_CONTENTS[i % len(CUT_CONTENTS)]
+            inputs += ["-t", str(CUT_SECONDS), "-f", "lavfi", "-i",
+                       source_graph(content, width, height)]  # fmt: skip
+            labels += f"[{i}:v]"
+        source = [*inputs, "-filter_complex", f"{labels}concat=n={cuts}:v=1:a=0"]
+    else:
+        source = ["-f", "lavfi", "-i", source_graph(spec.content, width, height)]
     return [
         binary, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "lavfi", "-i", source_graph(spec.content, width, height),
+        *source,
         "-t", f"{spec.seconds:g}",
         *codec_args(spec.codec, spec.gop, encoders),
         "-pix_fmt", "yuv420p",
@@ -192,10 +229,14 @@ def make_corpus(out_dir: Path, specs: list[Spec], *, force: bool = False) -> lis
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", help="folder for the videos (created; existing files are kept)")
-    ap.add_argument("--small", action="store_true", help="6 short 360p-720p videos, quick")
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="6 short 360p-720p videos, quick")
+    size.add_argument(
+        "--long", action="store_true", help="4 videos, 2-3 minutes, default GOPs, scene cuts"
+    )
     ap.add_argument("--force", action="store_true", help="remake videos that already exist")
     args = ap.parse_args(argv)
-    specs = SMALL_CORPUS if args.small else DEFAULT_CORPUS
+    specs = SMALL_CORPUS if args.small else LONG_CORPUS if args.long else DEFAULT_CORPUS
     start = time.perf_counter()
     records = make_corpus(Path(args.out_dir), specs, force=args.force)
     total = sum(r["bytes"] for r in records) / 1e6

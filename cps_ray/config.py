@@ -85,7 +85,7 @@ class DecodeConfig:
         uniform_strategy: which frames represent the video, see
             :mod:`cps_ray.sampling`: ``"auto"``, ``"index"`` or ``"time"``
             (exact), or ``"keyframe"`` (per uniform target, the cheapest frame
-            to decode within half a sampling interval, see :mod:`cps_ray.keyframes`).
+            to decode within half a sampling interval, see :mod:`cps_ray.decode.packets`).
         input_size: ``None`` keeps the native resolution; an int S resizes
             the short side to S (bilinear, antialiased) and center-crops S x S.
         ffmpeg_threads: FFmpeg decode threads per video; 0 picks

@@ -232,3 +232,25 @@ def test_decode_errors_name_file_and_reason(media, name, reason):
 def test_decode_only_needs_a_path():
     with pytest.raises(ValueError, match="video_path"):
         decode_only(DecodeConfig())
+
+
+def test_private_torchcodec_hooks(media):
+    """The private torchcodec names cps_ray.decode.opening relies on, within
+    the version bound of pyproject.toml."""
+    import torchcodec
+    from torchcodec import _core
+    from torchcodec.transforms import DecoderTransform
+
+    from cps_ray.decode.opening import Request, iter_frames, resize_transforms
+    from cps_ray.guards import Limits
+
+    major, minor = (int(x) for x in torchcodec.__version__.split(".")[:2])
+    assert (0, 13) <= (major, minor) < (0, 15)
+    assert callable(_core.get_next_frame)
+    assert {"_make_transform_spec", "_get_output_dims"} <= set(vars(DecoderTransform))
+    path = str(media["h264.mp4"])
+    limits = Limits(path, None, None)
+    transforms = resize_transforms(32, limits)
+    decoder = Request(path, 4, "auto", 32, "cpu", 1, limits).open("approximate", transforms)
+    frames = [frame for frame, _, _ in iter_frames(decoder, limits)]
+    assert len(frames) == 50 and frames[0].shape == (3, 32, 32)

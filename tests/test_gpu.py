@@ -17,8 +17,8 @@ from cps_ray import (
     patch_stream,
     select_patches,
 )
+from cps_ray.decode.resize import resize_center_crop
 from cps_ray.devices import nvdec_problem
-from cps_ray.resize import resize_center_crop
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, local_stream
-from cps_ray.keyframes import NoPacketIndex, choose_frames, read_index
+from cps_ray.decode.packets import NoPacketIndex, choose_keyframes, read_index
 from cps_ray.sampling import index_positions
 
 T = 8
@@ -57,7 +57,7 @@ def test_frames_are_the_full_decode_and_near_the_targets(media, name):
 
 def test_keyframes_are_taken_where_the_window_has_one(media):
     index = read_index(str(media["h264.mp4"]))  # GOP 12 over 50 frames
-    chosen = choose_frames(index, T)
+    chosen = choose_keyframes(index, T)
     assert index.keyframe.sum() == 5
     keys = np.flatnonzero(index.keyframe)
     targets = index_positions(index.num_frames, T)

@@ -1,10 +1,11 @@
-"""The resize policy as a torch function, for frames decoded on the GPU
-(torchcodec's decoder-side transforms run on CPU only).
+"""The resize policy: the output size, and a torch function for frames
+decoded on the GPU (torchcodec's decoder-side transforms run on CPU only).
 
-Same policy as the decoder side: short side to ``S`` (bilinear, antialiased),
-long side ``round(long * S / short)``, center ``S x S`` crop. Pixels differ
-from FFmpeg's swscale by rounding only (see ``tests/test_resize.py`` for the
-measured tolerance).
+The policy, one everywhere: the short side is scaled to ``S`` (bilinear,
+antialiased), the long side to ``round(long * S / short)``, then the center
+``S x S`` is cropped. On the CPU the decoder does it (FFmpeg's swscale);
+here, on the GPU, torch does. Pixels differ from FFmpeg's swscale by
+rounding only (see ``tests/test_resize.py`` for the measured tolerance).
 
 The float32 work runs a few frames at a time: a whole 16-frame clip at 4K
 is 1.6 GB of float32 (6.4 GB at 8K) per decode actor, a chunk at most
@@ -16,10 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from .decode import resized_dims
-
 # float32 bytes (native frames plus resized frames) one chunk may hold.
 RESIZE_CHUNK_BYTES = 256 * 2**20
+
+
+def resized_dims(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after scaling the short side of ``height x width`` to ``size``."""
+    if height <= width:
+        return size, max(size, (width * size + height // 2) // height)
+    return max(size, (height * size + width // 2) // width), size
 
 
 def chunk_frames_for(height: int, width: int, size: int) -> int:
