@@ -166,13 +166,14 @@ def ffmpeg_command(binary: str, spec: Spec, encoders: str, out_path: str) -> lis
     width, height = RESOLUTIONS[spec.resolution]
     if spec.content == "cuts":
         cuts = int(-(-spec.seconds // CUT_SECONDS))
-        inputs, labels = [], ""
+        inputs, graph, labels = [], "", ""
         for i in range(cuts):
             content = CUT_CONTENTS[i % len(CUT_CONTENTS)]
             inputs += ["-t", str(CUT_SECONDS), "-f", "lavfi", "-i",
                        source_graph(content, width, height)]  # fmt: skip
-            labels += f"[{i}:v]"
-        source = [*inputs, "-filter_complex", f"{labels}concat=n={cuts}:v=1:a=0"]
+            graph += f"[{i}:v]setsar=1,format=yuv420p[v{i}];"
+            labels += f"[v{i}]"
+        source = [*inputs, "-filter_complex", f"{graph}{labels}concat=n={cuts}:v=1:a=0"]
     else:
         source = ["-f", "lavfi", "-i", source_graph(spec.content, width, height)]
     return [

@@ -10,7 +10,12 @@ from media import X265, _ffmpeg, lavfi
 
 from cps_ray import DecodeConfig, decode_only
 from cps_ray.decode import resized_dims
-from cps_ray.decode.packets import frame_positions, packets_to_decode, read_index
+from cps_ray.decode.packets import (
+    frame_positions,
+    packets_to_decode,
+    read_index,
+    sequence_starts,
+)
 
 # Encoder defaults that users' files have: B-frames as references (b-pyramid).
 X264_BPYRAMID = ["-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-x264-params",
@@ -106,6 +111,23 @@ def test_leading_pictures_of_an_open_gop_decode_from_the_group_before(planned_me
     keep = packets_to_decode(index, frames)
     assert keep[index.start[frames]].all()
     assert torch.equal(out.frames, every[out.frame_indices])
+
+
+@pytest.mark.parametrize("strategy", ["keyframe", "index"])
+def test_jumps_between_open_gops_start_a_new_sequence(tmp_path, strategy):
+    """HEVC open GOPs far apart (150 frames, more than half the picture order
+    count's range): each group the plan jumps to decodes as after a seek."""
+    path = tmp_path / "far_open_gops.mp4"
+    _ffmpeg(lavfi("64x48", seconds=24) + X265[:-1]
+            + ["log-level=error:keyint=150:min-keyint=150:open-gop=1:bframes=4:scenecut=0",
+               "-pix_fmt", "yuv420p"], path)  # fmt: skip
+    out = decode_only(DecodeConfig(str(path), sequence_length=4, uniform_strategy=strategy,
+                                   decode_backend="cpu"))  # fmt: skip
+    assert out.route == ("keyframe" if strategy == "keyframe" else "packets")
+    index = read_index(str(path))
+    keep = packets_to_decode(index, out.frame_indices.numpy())
+    assert sequence_starts(index, keep).sum() >= 2
+    assert torch.equal(out.frames, _full_decode(path)[out.frame_indices])
 
 
 def test_groups_without_a_wanted_frame_are_left_out(planned_media):

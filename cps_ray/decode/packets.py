@@ -66,7 +66,10 @@ class PacketIndex:
     start int64 (the decode position decoding starts from).
 
     Packets (decode order, all ``m`` of them): packet_pts int64 (stream time
-    base), droppable bool.
+    base), packet_keyframe bool, droppable bool.
+
+    nal_length: bytes of the NAL unit length prefix of H.264/HEVC packets
+    (0: Annex B start codes; None: another codec).
     """
 
     pts_seconds: np.ndarray
@@ -75,10 +78,12 @@ class PacketIndex:
     packet: np.ndarray
     start: np.ndarray
     packet_pts: np.ndarray
+    packet_keyframe: np.ndarray
     droppable: np.ndarray
     time_base: Fraction
     last_duration: float  # seconds the last frame is shown
     codec: str
+    nal_length: int | None
     # The packets themselves, in decode order, when they fit HOLD_BYTES.
     held: list | None = field(default=None, compare=False, repr=False)
 
@@ -145,10 +150,10 @@ def index_packets(container, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
         raise NoPacketIndex("no packet timestamps")
     return _build(np.asarray(pts, dtype=np.int64), np.asarray(keys, dtype=bool),
                   np.asarray(kinds, dtype=np.int64), time_base, last_duration, codec,
-                  held)  # fmt: skip
+                  nal_length, held)  # fmt: skip
 
 
-def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, held):
+def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, nal_length, held):
     if len(np.unique(decode_pts)) != len(decode_pts):
         raise NoPacketIndex("two packets share a timestamp")
     if not decode_keys.any():
@@ -177,10 +182,12 @@ def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, held
         packet=display,
         start=start[display],
         packet_pts=decode_pts,
+        packet_keyframe=decode_keys,
         droppable=droppable,
         time_base=time_base,
         last_duration=max(last_duration, 0) * tb,
         codec=codec,
+        nal_length=nal_length,
         held=held,
     )
 
@@ -198,7 +205,7 @@ def _nal_length_size(codec: str, extradata: bytes | None) -> int | None:
     return 0
 
 
-def _nal_units(data: memoryview, length_size: int):
+def nal_units(data: memoryview, length_size: int):
     """The NAL units of one packet (without their prefixes)."""
     if length_size:
         i, n = 0, len(data)
@@ -226,7 +233,7 @@ def _droppable_layer(codec: str, packet, length_size: int | None) -> int:
     if length_size is None:
         return -1
     try:
-        units = list(_nal_units(memoryview(packet), length_size))
+        units = list(nal_units(memoryview(packet), length_size))
     except ValueError:
         return -1
     layer, slices = -1, 0
@@ -293,3 +300,18 @@ def packets_to_decode(index: PacketIndex, positions: np.ndarray) -> np.ndarray:
         keep[first:own] |= ~index.droppable[first:own]
         keep[own] = True
     return keep
+
+
+def sequence_starts(index: PacketIndex, keep: np.ndarray) -> np.ndarray:
+    """bool ``[m]``: the kept keyframes the plan jumps to over packets a
+    decoder would need (a group left out, or the rest of one). There the
+    decoder must start afresh, as after a seek: a picture order count that
+    wrapped over the jump would otherwise put the frames out of order
+    (HEVC's CRA keyframes; H.264's IDR keyframes start afresh by themselves)."""
+    kept = np.flatnonzero(keep)
+    needed_before = np.cumsum(~index.droppable) - (~index.droppable)
+    cur, nxt = kept[:-1], kept[1:]
+    skipped = needed_before[nxt] - needed_before[cur] - (~index.droppable[cur]) > 0
+    starts = np.zeros(len(keep), dtype=bool)
+    starts[nxt[skipped & index.packet_keyframe[nxt]]] = True
+    return starts

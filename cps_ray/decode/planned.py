@@ -28,9 +28,17 @@ from .packets import (
     PacketIndex,
     frame_positions,
     index_packets,
+    nal_units,
     open_container,
     packets_to_decode,
+    sequence_starts,
 )
+
+# A CRA keyframe the plan jumps to is marked BLA_W_LP: the same slice syntax
+# and the same pixels, but the decoder starts a new sequence there, as after
+# a seek. Without it, the picture order count would be derived across the
+# jump, wrap, and put frames of two groups out of order.
+_HEVC_CRA, _HEVC_BLA_W_LP = 21, 16
 
 # Matroska stores times in milliseconds.
 _TIME_SLACK_S = 1.5e-3
@@ -71,27 +79,45 @@ def remux(container, path: str, index: PacketIndex, keep: np.ndarray) -> bytes:
     import av
 
     last = int(np.flatnonzero(keep)[-1])
+    starts = sequence_starts(index, keep) if index.codec == "hevc" else None
     out = io.BytesIO()
     try:
         with av.open(out, "w", format="matroska") as muxer:
             stream = muxer.add_stream_from_template(container.streams.video[0], opaque=True)
             if index.held is not None:
-                _mux(muxer, stream, index.held, keep, last)
+                _mux(muxer, stream, index.held, keep, last, starts, index)
             else:
                 with av.open(path) as again:
                     source = again.streams.video[0]
                     packets = (p for p in again.demux(source) if p.pts is not None and p.size)
-                    _mux(muxer, stream, packets, keep, last)
+                    _mux(muxer, stream, packets, keep, last, starts, index)
     except (av.error.FFmpegError, ValueError) as err:  # ValueError: a codec Matroska lacks
         raise CannotServe(f"cannot copy the planned packets: {err}") from None
     return out.getvalue()
 
 
-def _mux(muxer, stream, packets, keep: np.ndarray, last: int) -> None:
+def _mux(muxer, stream, packets, keep, last, starts, index: PacketIndex) -> None:
     for position, packet in enumerate(packets):
         if keep[position]:
+            if starts is not None and starts[position]:
+                packet = _as_sequence_start(packet, index.nal_length)
             packet.stream = stream
             muxer.mux(packet)
         if position == last:
             return
     raise CannotServe("the file gave fewer packets on a second read")
+
+
+def _as_sequence_start(packet, nal_length: int):
+    """``packet`` (HEVC) with its CRA slices marked BLA_W_LP."""
+    import av
+
+    data = bytearray(bytes(packet))
+    for unit in nal_units(memoryview(data), nal_length):
+        if unit[0] >> 1 & 0x3F == _HEVC_CRA:
+            unit[0] = (unit[0] & 0x81) | (_HEVC_BLA_W_LP << 1)
+    out = av.Packet(bytes(data))
+    out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
+    out.time_base = packet.time_base
+    out.is_keyframe = packet.is_keyframe
+    return out
