@@ -2,21 +2,22 @@
 
 ``"index"``
     Frame indices ``round(linspace(0, num_frames - 1, T))`` over the true
-    frame count (numpy rounding: halves go to even). The count comes from a
-    scan of the container's packets, or from decoding when that scan is wrong.
+    frame count: the packets of the video stream, listed without decoding
+    (:mod:`cps_ray.decode.packets`), or torchcodec's scan, or decoding,
+    where the packets cannot be listed.
 ``"time"``
     The frames displayed at ``T`` evenly spaced instants from the stream's
     first timestamp to its end (the last instant shows the last frame).
     Use it for variable-frame-rate video, where equal index steps are not
-    equal time steps. ``frame_indices`` are then estimated as
-    ``round((pts - start) * average_fps)`` unless the decoder walked the
-    file frame by frame, where they are exact.
+    equal time steps. ``frame_indices`` are the frames' display ranks
+    (estimated from the average rate only on the fallback routes).
 ``"auto"``
-    ``"index"`` without the scan: the header's frame count is trusted while
-    decoding proves it right (every requested frame exists); when the header
-    has no count or lies, it falls back to the scan and then to decoding
-    frame by frame. It gives the same frames as ``"index"`` whenever the
-    header is right, and costs no extra pass over the file.
+    The ``index`` frames. Where the packets cannot be listed, the header's
+    frame count is trusted while decoding proves it right, then the scan,
+    then decoding frame by frame.
+``"keyframe"``
+    Per ``index`` target, the cheapest frame to decode within half a
+    sampling interval (:func:`cps_ray.decode.packets.choose_keyframes`).
 
 A video with fewer than ``T`` frames repeats frames; that is not an error.
 """
