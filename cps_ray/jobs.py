@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, UNIFORM_STRATEGIES, PatchStreamConfig
-from .errors import CpsRayError, JobError
-from .media import find_videos
-from .pipeline.inputs import MANIFEST_SUFFIXES, is_manifest, read_manifest
+from .errors import ConfigError, CpsRayError, JobError
+from .media import VIDEO_EXTENSIONS, find_videos
+from .pipeline.inputs import (
+    MANIFEST_SUFFIXES,
+    is_manifest,
+    is_uri,
+    list_uri,
+    read_manifest,
+    tidy,
+)
 from .pipeline.isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
 from .pipeline.shards import (
     EnergyRuleError,
@@ -31,6 +38,7 @@ from .pipeline.shards import (
     read_output,
     write_shards,
 )
+from .remote import redact
 
 GLOB_CHARACTERS = "*?["
 # Fields that shape the rows: a resumed output must keep them.
@@ -75,7 +83,7 @@ def non_negative_int(text: str) -> int:
 
 
 def _dedupe(paths: list[str]) -> list[str]:
-    return list(dict.fromkeys(paths))
+    return list(dict.fromkeys(tidy(p) for p in paths))
 
 
 def find_inputs(spec: str | os.PathLike) -> list[str]:
@@ -90,11 +98,14 @@ def find_inputs(spec: str | os.PathLike) -> list[str]:
         JobError: ``spec`` names nothing, or no video.
     """
     spec = os.fspath(spec)
-    if "://" in spec:
-        raise JobError(
-            f"input {spec!r} is a URI; IN must be a local folder, a manifest or a glob "
-            "(a manifest may list what the decoders can open)"
-        )
+    if is_uri(spec):
+        try:
+            paths = read_manifest(spec) if is_manifest(spec) else list_uri(spec, VIDEO_EXTENSIONS)
+        except ConfigError as err:
+            raise JobError(f"input {redact(spec)!r}: {err.allowed}") from None
+        if not paths:
+            raise JobError(f"no video files found under {redact(spec)!r}")
+        return _dedupe(paths)
     if os.path.isdir(spec):
         paths = [os.path.abspath(p) for p in find_videos(spec)]
         if not paths:
@@ -412,7 +423,7 @@ def plan_preprocess(
         raise JobError(f"--resume: {err}") from None
     _check_same_config(written.manifest, config)
     done = written.done_paths
-    todo = [p for p in inputs if p not in done]
+    todo = [p for p in inputs if redact(p) not in done]
     return PreprocessPlan(tuple(inputs), tuple(todo), out, resume, written)
 
 

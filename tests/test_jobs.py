@@ -217,13 +217,16 @@ def test_find_inputs(media, tmp_path):
     assert find_inputs(f"{root}/**/*.mp4") == [str(root / "z.mp4")]
     assert find_inputs(root / "z.mp4") == [str(root / "z.mp4")]
     manifest = tmp_path / "list.txt"
-    manifest.write_text("videos/z.mp4\n# a comment\nvideos/z.mp4\n/elsewhere/y.mp4\n")
+    manifest.write_text(
+        "videos/z.mp4\n# a comment\nvideos/./z.mp4\nvideos//z.mp4\n/elsewhere/y.mp4\n"
+    )
+    # one input however the path is spelled
     assert find_inputs(manifest) == [str(root / "z.mp4"), "/elsewhere/y.mp4"]
     for spec, message in (
         (tmp_path / "missing", "does not exist"),
         (f"{root}/*.webm", "no files match"),
         (root / "a" / "b" / "c", "does not exist"),
-        ("s3://bucket/videos", "is a URI"),
+        ("nosuchscheme://bucket/videos", "cannot be listed"),
     ):
         with pytest.raises(JobError, match=message):
             find_inputs(spec)

@@ -33,6 +33,7 @@ import torch
 from .. import faults
 from ..errors import DecodeError
 from ..guards import FATAL_OPEN, Limits, check_file, declared_size, open_reason, short_reason
+from ..remote import is_remote, local_copy, redact
 from .opening import TORCHCODEC_ERRORS, CannotServe, Request, UnknownFrameSize, iter_frames
 from .opening import resize_transforms as _resize_transforms
 from .planned import decode_planned
@@ -104,6 +105,9 @@ def decode_frames(
     ``nvdec_fallback`` (``auto``) decodes on the CPU and says why in
     ``device_fallback``.
 
+    ``path`` may be a URI (``s3://``, ``gs://``, ``https://``, ...): the
+    object is copied to a local spill file first (see :mod:`cps_ray.remote`).
+
     ``max_pixels``: a video whose frames (width x height) are larger fails
     before any frame is decoded; None removes the cap. ``timeout_s``: seconds
     the call may take, checked between opens, seeks and frames (a decoder
@@ -113,7 +117,24 @@ def decode_frames(
     """
     path = os.fspath(path)
     faults.inject(path)
-    limits = Limits(path, max_pixels, timeout_s)
+    options = dict(sequence_length=sequence_length, uniform_strategy=uniform_strategy,
+                   input_size=input_size, device=device, num_threads=num_threads,
+                   nvdec_fallback=nvdec_fallback)  # fmt: skip
+    if not is_remote(path):
+        return _decode_file(path, Limits(path, max_pixels, timeout_s), **options)
+    shown = redact(path)
+    limits = Limits(shown, max_pixels, timeout_s)  # the deadline covers the copy
+    with local_copy(path, limits.check_time) as local:
+        try:
+            return _decode_file(local, limits, **options)
+        except DecodeError as err:
+            raise DecodeError(shown, err.reason) from None
+
+
+def _decode_file(
+    path: str, limits: Limits, *, sequence_length: int, uniform_strategy: str,
+    input_size: int | None, device: str, num_threads: int, nvdec_fallback: bool,
+) -> VideoFrames:  # fmt: skip
     declared = declared_size(check_file(path))
     if declared is not None:
         limits.check_size(*declared)

@@ -39,13 +39,51 @@ def is_manifest(path: str) -> bool:
     return str(path).lower().endswith(MANIFEST_SUFFIXES)
 
 
+def tidy(path: str) -> str:
+    """A local path without ``.`` components and repeated separators, so that
+    ``dir/./a.mp4`` and ``dir//a.mp4`` are ``dir/a.mp4``. ``..`` is kept: past
+    a symbolic link it does not mean the folder above."""
+    if is_uri(path) or not path:
+        return path
+    head = os.sep if path.startswith(os.sep) else ""
+    parts = [p for p in path.split(os.sep) if p not in ("", ".")]
+    return head + os.sep.join(parts) if parts else (head or ".")
+
+
+def _open_text(path: str):
+    """A manifest's text, local or at a URI (pyarrow's filesystems)."""
+    if not is_uri(path):
+        return open(path, newline="")
+    import io
+
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path)
+    with fs.open_input_stream(inner) as f:
+        return io.StringIO(f.read().decode("utf-8"), newline="")
+
+
 def read_manifest(path: str) -> list[str]:
-    """Paths listed in a manifest; relative entries resolve against its folder."""
+    """Paths listed in a manifest (a local file or a URI); relative entries
+    resolve against its folder."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if is_uri(path):
+        base = path.rsplit("/", 1)[0]
+    elif not os.path.isfile(path):
         raise ConfigError("inputs", path, "A manifest must be an existing file.")
-    base = os.path.dirname(os.path.abspath(path))
+    else:
+        base = os.path.dirname(os.path.abspath(path))
     lower = path.lower()
+    try:
+        entries = _manifest_entries(path, lower)
+    except OSError as err:
+        raise ConfigError("inputs", path, f"The manifest cannot be read ({err}).") from None
+    if is_uri(path):
+        return [e if is_uri(e) or os.path.isabs(e) else f"{base}/{e}" for e in entries]
+    return [tidy(e if is_uri(e) or os.path.isabs(e) else os.path.join(base, e)) for e in entries]
+
+
+def _manifest_entries(path: str, lower: str) -> list[str]:
     if lower.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
 
@@ -56,9 +94,9 @@ def read_manifest(path: str) -> list[str]:
                 path,
                 f"A Parquet manifest needs a 'path' column; it has {table.column_names}.",
             )
-        entries = [str(p) for p in table.column("path").to_pylist() if p]
-    elif lower.endswith(".csv"):
-        with open(path, newline="") as f:
+        return [str(p) for p in table.column("path").to_pylist() if p]
+    if lower.endswith(".csv"):
+        with _open_text(path) as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ConfigError(
@@ -66,13 +104,34 @@ def read_manifest(path: str) -> list[str]:
                     path,
                     f"A CSV manifest needs a 'path' column; it has {reader.fieldnames}.",
                 )
-            entries = [row["path"] for row in reader if row.get("path")]
-    else:
-        with open(path) as f:
-            entries = [
-                line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")
-            ]
-    return [e if is_uri(e) or os.path.isabs(e) else os.path.join(base, e) for e in entries]
+            return [row["path"] for row in reader if row.get("path")]
+    with _open_text(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
+def list_uri(uri: str, extensions) -> list[str]:
+    """The objects under a URI prefix whose names end in ``extensions``,
+    sorted; the URI itself when it names one object."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, inner = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.File:
+            return [uri]
+        found = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=True,
+                                                   allow_not_found=True))  # fmt: skip
+    except (OSError, ValueError) as err:
+        raise ConfigError("inputs", uri, f"The URI cannot be listed ({err}).") from None
+    scheme, rest = uri.split("://", 1)
+    query = "?" + rest.split("?", 1)[1] if "?" in rest else ""
+    prefix_path = inner.rstrip("/")
+    head = uri.split("?", 1)[0].rstrip("/")
+    return sorted(
+        head + i.path[len(prefix_path) :] + query
+        for i in found
+        if i.type == pafs.FileType.File and i.path.lower().endswith(tuple(extensions))
+    )
 
 
 def resolve_inputs(inputs) -> list[str]:
@@ -92,6 +151,6 @@ def resolve_inputs(inputs) -> list[str]:
         for item in inputs:
             if not isinstance(item, (str, os.PathLike)):
                 raise ConfigError("inputs", item, "Each input must be a path (str or PathLike).")
-            paths.append(local_name(os.fspath(item)))
+            paths.append(local_name(tidy(os.fspath(item))))
         return paths
     raise ConfigError("inputs", inputs, "Pass a list of video paths or a manifest path.")

@@ -19,6 +19,7 @@ import torch
 from ..api import PatchStream
 from ..config import PatchStreamConfig
 from ..errors import CpsRayError
+from ..remote import redact
 
 STORAGE = {"fp32": np.float32, "fp16": np.float16}
 
@@ -70,7 +71,7 @@ def make_row(
     """A success row from tensors on any device. ``device_fallback``: why
     ``auto`` decoded on the CPU of a GPU node (None when it did not)."""
     return {
-        "path": path,
+        "path": redact(path),
         "patches": patches_to_numpy(patches),
         "patches_dtype": output_dtype,
         "meta_fields": meta_fields.detach().cpu().numpy(),
@@ -141,7 +142,7 @@ def error_row(
     k, p, t = config.k_keep, config.patch_size, config.sequence_length
     patches_dtype = np.uint16 if config.output_dtype == "bf16" else STORAGE[config.output_dtype]
     return {
-        "path": path,
+        "path": redact(path),
         "patches": np.zeros((k, 3, p, p), patches_dtype),
         "patches_dtype": config.output_dtype,
         "meta_fields": np.zeros((k, 3), np.int32),

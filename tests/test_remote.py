@@ -1,0 +1,212 @@
+"""Videos in an object store: a real S3-compatible server (moto's standalone
+``moto_server``) on 127.0.0.1, reached through the AWS environment variables
+as a user's job would be."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cps_ray import PatchStreamConfig, local_stream
+
+CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """One ``moto_server`` process; its objects live in its memory."""
+
+    def __init__(self):
+        # The one installed beside this Python (the test extra), not another
+        # environment's on PATH.
+        binary = os.path.join(os.path.dirname(sys.executable), "moto_server")
+        if not os.path.exists(binary):
+            binary = shutil.which("moto_server") or binary
+        if not os.path.exists(binary):
+            pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto_server did not start")
+
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(
+            endpoint_override=self.endpoint, allow_bucket_creation=True,
+            access_key="testing", secret_key="testing", region="us-east-1",
+        )  # fmt: skip
+
+    def upload(self, local: Path, key: str) -> str:
+        fs = self.filesystem()
+        fs.create_dir(key.split("/", 1)[0])
+        with fs.open_output_stream(key) as out:
+            out.write(local.read_bytes())
+        return f"s3://{key}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    saved = {k: os.environ.get(k) for k in _AWS}
+    os.environ.update(
+        AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_AWS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+        "AWS_EC2_METADATA_DISABLED")  # fmt: skip
+
+
+def _same_rows(a: dict, b: dict) -> None:
+    assert a["error"] is None and b["error"] is None
+    for column in ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps"):
+        np.testing.assert_array_equal(a[column], b[column])
+
+
+def test_local_stream_reads_videos_from_s3(s3, media):
+    names = ["h264.mp4", "hevc.mkv", "vp9.webm"]
+    uris = [s3.upload(media[n], f"videos/in/{n}") for n in names]
+    remote = list(local_stream(uris, CFG, num_workers=2))
+    local = list(local_stream([str(media[n]) for n in names], CFG, num_workers=2))
+    assert [r["path"] for r in remote] == uris
+    for a, b in zip(remote, local):
+        _same_rows(a, b)
+
+
+def test_remote_failures_are_error_rows_naming_the_uri(s3, media):
+    good = s3.upload(media["h264.mp4"], "videos/fail/ok.mp4")
+    s3.upload(media["broken/text.mp4"], "videos/fail/text.mp4")
+    secret = "s3://videos/fail/ok.mp4?secret_key=hunter2&access_key=AKIAXX"
+    inputs = [good, "s3://videos/fail/missing.mp4", "s3://no-such-bucket/a.mp4",
+              "s3://videos/fail", "s3://videos/fail/text.mp4", secret]  # fmt: skip
+    rows = list(local_stream(inputs, CFG, num_workers=2))
+    assert len(rows) == len(inputs)
+    errors = [r["error"] for r in rows]
+    assert errors[0] is None
+    assert errors[1] == "s3://videos/fail/missing.mp4: object not found"
+    assert errors[2] == "s3://no-such-bucket/a.mp4: object not found"
+    assert errors[3].startswith("s3://videos/fail: is a folder")
+    assert errors[4].startswith("s3://videos/fail/text.mp4: ") and "not a video" in errors[4]
+    # credentials in a URI never reach a row
+    assert "hunter2" not in rows[5]["path"] and "AKIAXX" not in rows[5]["path"]
+    assert "REDACTED" in rows[5]["path"]
+    assert all("hunter2" not in (e or "") for e in errors)
+
+
+def test_a_server_that_is_gone_gives_error_rows_after_bounded_tries(media):
+    server = S3Server()
+    env = dict(os.environ, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    uri = server.upload(media["h264.mp4"], "gone/a.mp4")
+    server.stop()
+    code = (
+        "import sys, time; from cps_ray import PatchStreamConfig, local_stream\n"
+        "cfg = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)\n"
+        "t = time.monotonic(); rows = list(local_stream(sys.argv[1:], cfg, num_workers=1,"
+        " isolation='none'))\n"
+        "print(round(time.monotonic() - t, 1)); print(rows[0]['error'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, uri], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.splitlines()  # fmt: skip
+    seconds, error = float(out[-2]), out[-1]
+    assert error.startswith(f"{uri}: remote read failed after 3 tries")
+    assert seconds < 120
+
+
+def test_preprocess_job_from_s3_to_s3_with_resume(s3, media, tmp_path):
+    import pyarrow.parquet as pq
+
+    for name in ("h264.mp4", "vp9.webm"):
+        s3.upload(media[name], f"jobs/in/{name}")
+    s3.upload(media["broken/empty.mp4"], "jobs/in/empty.mp4")
+    job = [sys.executable, str(REPO / "jobs/preprocess.py"), "--input", "s3://jobs/in/",
+           "--output", "s3://jobs/out", "--sequence-length", "4", "--input-size", "28",
+           "--patch-size", "14", "--k-keep", "6", "--decode-backend", "cpu",
+           "--process-backend", "cpu"]  # fmt: skip
+    first = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    s3.upload(media["hevc.mkv"], "jobs/in/hevc.mkv")
+    second = subprocess.run(job + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    fs = s3.filesystem()
+    shards = [i.path for i in fs.get_file_info(
+        __import__("pyarrow.fs").fs.FileSelector("jobs/out/shards", recursive=True))]  # fmt: skip
+    paths = []
+    for shard in shards:
+        with fs.open_input_file(shard) as f:
+            paths += pq.read_table(f, columns=["path"]).column("path").to_pylist()
+    assert sorted(paths) == ["s3://jobs/in/h264.mp4", "s3://jobs/in/hevc.mkv",
+                             "s3://jobs/in/vp9.webm"]  # fmt: skip
+    with fs.open_input_file("jobs/out/errors.parquet") as f:
+        errors = pq.read_table(f).to_pylist()
+    assert [e["path"] for e in errors] == ["s3://jobs/in/empty.mp4"]
+    assert "empty" in errors[0]["error"]
+
+
+def test_http_inputs(media):
+    """``http(s)://`` through the standard library: a local HTTP server."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(media["h264.mp4"].parent)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}"
+        rows = list(local_stream([f"{base}/h264.mp4", f"{base}/missing.mp4"], CFG,
+                                 num_workers=1, isolation="none"))  # fmt: skip
+        local = next(local_stream([str(media["h264.mp4"])], CFG, num_workers=1,
+                                  isolation="none"))  # fmt: skip
+        _same_rows(rows[0], local)
+        assert rows[1]["error"] == f"{base}/missing.mp4: object not found (HTTP 404)"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
