@@ -22,7 +22,8 @@ import numpy as np
 def video_seed(path: str, selection_seed: int) -> int:
     """A 64-bit seed from the video's path and the config's ``selection_seed``
     (a hash, stable across processes and machines, unlike ``hash()``)."""
-    digest = hashlib.blake2b(f"{selection_seed}\0{path}".encode(), digest_size=8).digest()
+    text = f"{selection_seed}\0{path}".encode("utf-8", "surrogateescape")  # any file name
+    digest = hashlib.blake2b(text, digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 

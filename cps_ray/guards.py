@@ -127,6 +127,20 @@ def ffmpeg_path(path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
+def open_by_handle(path: str) -> bool:
+    """Whether the decoders must get ``path`` as an open file rather than a
+    name: FFmpeg's image2 demuxer reads ``%d`` or a glob in a file's name as
+    a pattern, and a name that is not valid UTF-8 cannot cross into C."""
+    name = os.path.basename(path)
+    if any(c in name for c in "%*?["):
+        return True
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def short_reason(err: BaseException) -> str:
     """The message of a torchcodec error without its C++ source location."""
     text = " ".join(str(err).split())

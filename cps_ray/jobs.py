@@ -30,10 +30,14 @@ from .pipeline.inputs import (
     tidy,
 )
 from .pipeline.isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
+from .pipeline.lock import output_lock
+from .pipeline.rows import row_path
 from .pipeline.shards import (
     EnergyRuleError,
+    OutputRoot,
     WrittenOutput,
     check_energy_rule,
+    is_transient,
     read_errors,
     read_output,
     write_shards,
@@ -315,6 +319,12 @@ def add_preprocess_options(parser: argparse.ArgumentParser, *, positional: bool)
         help="add to OUT: skip the inputs it already has (in a shard or in the errors "
         "table) and number new shards after the existing ones; no shard is rewritten",
     )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: decode again the inputs that failed for reasons a rerun may "
+        "cure (timeouts, crashed decoders, remote I/O); not-a-video failures stay",
+    )
     add_address_option(parser)
     add_isolation_options(parser)
     add_config_options(parser)
@@ -359,6 +369,7 @@ class PreprocessPlan:
     output: str
     resume: bool
     written: WrittenOutput
+    retry: tuple[str, ...] = ()  # failed inputs decoded again (--retry-failed)
 
     @property
     def skipped(self) -> int:
@@ -395,7 +406,7 @@ def _check_same_config(manifest: dict[str, Any] | None, config: PatchStreamConfi
 
 def plan_preprocess(
     input_spec: str | os.PathLike, output: str | os.PathLike, config: PatchStreamConfig,
-    *, resume: bool = False,
+    *, resume: bool = False, retry_failed: bool = False,
 ) -> PreprocessPlan:  # fmt: skip
     """Find the inputs, check the output, leave out what it already holds.
 
@@ -423,8 +434,13 @@ def plan_preprocess(
         raise JobError(f"--resume: {err}") from None
     _check_same_config(written.manifest, config)
     done = written.done_paths
-    todo = [p for p in inputs if redact(p) not in done]
-    return PreprocessPlan(tuple(inputs), tuple(todo), out, resume, written)
+    retry = set()
+    if retry_failed:
+        pairs = zip(written.error_paths, written.error_reasons)
+        retry = {path for path, reason in pairs if is_transient(reason)}
+    todo = [p for p in inputs if row_path(p) not in done or row_path(p) in retry]
+    retried = tuple(row_path(p) for p in todo if row_path(p) in retry)
+    return PreprocessPlan(tuple(inputs), tuple(todo), out, resume, written, retried)
 
 
 def run_preprocess(
@@ -434,6 +450,7 @@ def run_preprocess(
     *,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     resume: bool = False,
+    retry_failed: bool = False,
     address: str | None = None,
     log=print,
     **pool_options: Any,
@@ -447,10 +464,20 @@ def run_preprocess(
     fails is a row of the errors table, never an exception.
     """
     check_address(address)
-    plan = plan_preprocess(input_spec, output, config, resume=resume)
+    if retry_failed and not resume:
+        raise JobError("--retry-failed needs --resume: it decodes again what a run failed on")
+    with output_lock(OutputRoot(resolve_output(output))):
+        return _run_preprocess(input_spec, output, config, rows_per_shard, resume,
+                               retry_failed, address, log, pool_options)  # fmt: skip
+
+
+def _run_preprocess(input_spec, output, config, rows_per_shard, resume, retry_failed, address,
+                    log, pool_options) -> dict[str, Any]:  # fmt: skip
+    plan = plan_preprocess(input_spec, output, config, resume=resume, retry_failed=retry_failed)
     log(
         f"preprocess: {len(plan.inputs)} inputs, {plan.skipped} already in the output "
         f"(skipped), {len(plan.todo)} to process -> {plan.output}"
+        + (f", {len(plan.retry)} of them failed before and are retried" if plan.retry else "")
     )
     if plan.written.temporaries:
         log(
@@ -481,6 +508,7 @@ def run_preprocess(
         config=config,
         resume=resume,
         skipped=plan.skipped,
+        retry=plan.retry,
     )
 
 
@@ -515,6 +543,7 @@ def preprocess_from_args(args: argparse.Namespace, log=print) -> dict[str, Any]:
         config,
         rows_per_shard=args.rows_per_shard,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         address=args.address,
         log=log,
         **isolation_from_args(args),

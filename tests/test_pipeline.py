@@ -169,3 +169,21 @@ def test_collate_for_iter_torch_batches(ray_session, media):
         len(b["path"]) for b in ds.iter_torch_batches(batch_size=3, collate_fn=collate_patches)
     ]
     assert sizes == [2]
+
+
+@pytest.mark.parametrize("pools", ["fused", "split"])
+def test_a_file_name_that_is_not_utf8_is_decoded(ray_session, media, tmp_path, pools):
+    """Such a name reaches the decoders as an open file and the rows as a
+    valid UTF-8 string with its odd bytes escaped; never a crash."""
+    import os
+    import shutil
+
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9 \xff.mp4")
+    shutil.copy(media["h264.mp4"], odd)
+    shown = str(tmp_path) + "/caf\\xe9 \\xff.mp4"
+    rows = patch_dataset([odd, str(media["h264.mp4"])], CFG, fuse=pools == "fused").take_all()
+    local = list(local_stream([odd], CFG, num_workers=1))
+    assert [r["path"] for r in rows] == [shown, str(media["h264.mp4"])]
+    assert rows[0]["error"] is None and local[0]["path"] == shown
+    _assert_rows_equal({**rows[0], "path": ""}, {**rows[1], "path": ""})
+    pa.array([r["path"] for r in rows], pa.string())  # Arrow takes it

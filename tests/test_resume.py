@@ -264,3 +264,64 @@ def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_pa
     assert manifest["skipped"] == skipped
     for key in ("ok", "failed", "shards", "config"):
         assert manifest[key] == clean_manifest[key]
+
+
+def _lock_file(out: Path, **fields) -> None:
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "another run",
+            "started": time.time(), "refreshed": time.time(), **fields}  # fmt: skip
+    (out / ".lock").write_text(json.dumps(lock))
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    from cps_ray import JobError
+
+    out = tmp_path / "out"
+    paths, errors = _paths_and_errors(4)
+    _lock_file(out)  # a live run: this very process, refreshed just now
+    with pytest.raises(JobError, match="is being written by another run"):
+        write_shards(RowsDataset(paths, errors), out, rows_per_shard=2, config=CFG)
+    assert read_output(out).is_empty
+    with pytest.raises(JobError, match="is being written by another run"):
+        run_preprocess(tmp_path / "nowhere", out, CFG, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("leftover", ["stale", "dead process"])
+def test_a_killed_runs_lock_does_not_hold_forever(tmp_path, leftover):
+    out = tmp_path / "out"
+    if leftover == "stale":  # another host, no heartbeat for an hour
+        _lock_file(out, host="elsewhere", refreshed=time.time() - 3600)
+    else:  # this host, a process that has exited
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        _lock_file(out, pid=gone.pid)
+    paths, errors = _paths_and_errors(4)
+    manifest = write_shards(RowsDataset(paths, errors), out, rows_per_shard=2, config=CFG)
+    assert manifest["ok"] == 3 and manifest["failed"] == 1
+    assert not (out / ".lock").exists()  # released at the end
+
+
+def test_retry_failed_decodes_again_only_what_a_rerun_may_cure(tmp_path):
+    from cps_ray.jobs import plan_preprocess
+
+    out = tmp_path / "out"
+    paths = [f"/videos/v{i:02d}.mp4" for i in range(5)]
+    errors = [None, f"{paths[1]}: timed out after 5 s (decode_timeout_s)", None,
+              f"{paths[3]}: not a video, or too damaged to open", None]  # fmt: skip
+    write_shards(RowsDataset(paths, errors), out, rows_per_shard=2, config=CFG)
+    listed = tmp_path / "inputs.txt"
+    listed.write_text("\n".join(paths) + "\n")
+    plain = plan_preprocess(listed, out, CFG, resume=True)
+    assert plain.todo == () and plain.retry == ()
+    plan = plan_preprocess(listed, out, CFG, resume=True, retry_failed=True)
+    assert plan.todo == (paths[1],) and plan.retry == (paths[1],)
+    manifest = write_shards(RowsDataset([paths[1]]), out, rows_per_shard=2, config=CFG,
+                            resume=True, retry=plan.retry)  # fmt: skip
+    written = read_output(out)
+    assert written.error_paths == (paths[3],)
+    assert sorted(written.shard_paths) == [paths[0], paths[1], paths[2], paths[4]]
+    assert manifest["ok"] == 4 and manifest["failed"] == 1 and manifest["run"]["ok"] == 1
+    with pytest.raises(Exception, match="--retry-failed needs --resume"):
+        run_preprocess(listed, out, CFG, retry_failed=True, log=lambda *a: None)

@@ -12,13 +12,12 @@ bound in ``pyproject.toml`` and exercised by ``tests/test_decode.py``:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from ..guards import Limits, ffmpeg_path
+from ..guards import Limits, ffmpeg_path, open_by_handle
 from .resize import resized_dims
 
 # torchcodec's errors for a file it cannot open, seek or decode.
@@ -61,21 +60,13 @@ class Request:
 
         if source is None:
             source = ffmpeg_path(self.path)
-            if _pattern_name(source):
-                # FFmpeg's image2 demuxer reads "%d" or a glob in a file's
-                # name as a pattern: hand it the bytes (the decoder keeps the
-                # file open).
-                source = open(source, "rb")
+            if open_by_handle(source):
+                source = open(source, "rb")  # the decoder keeps the file open
         decoder = VideoDecoder(source, **options)
         self.limits.check_time()
         md = decoder.metadata
         self.limits.check_size(md.height, md.width)
         return decoder
-
-
-def _pattern_name(path: str) -> bool:
-    name = os.path.basename(path)
-    return any(c in name for c in "%*?[")
 
 
 def resize_transforms(input_size: int | None, limits: Limits, frame_size=None) -> list | None:

@@ -36,6 +36,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import sampling
+from ..guards import open_by_handle
 from .opening import CannotServe
 
 # Packets held from the index pass for the decode, so that a file is read
@@ -98,7 +99,7 @@ def open_container(path: str):
     import av
 
     try:
-        container = av.open(path)
+        container = av.open(open(path, "rb") if open_by_handle(path) else path)
     except (av.error.FFmpegError, OSError) as err:
         raise NoPacketIndex(f"PyAV cannot open it: {err}") from None
     if not container.streams.video:

@@ -87,7 +87,7 @@ def remux(container, path: str, index: PacketIndex, keep: np.ndarray) -> bytes:
             if index.held is not None:
                 _mux(muxer, stream, index.held, keep, last, starts, index)
             else:
-                with av.open(path) as again:
+                with open_container(path) as again:
                     source = again.streams.video[0]
                     packets = (p for p in again.demux(source) if p.pts is not None and p.size)
                     _mux(muxer, stream, packets, keep, last, starts, index)

@@ -15,6 +15,7 @@ from ..config import PatchStreamConfig
 from ..errors import ConfigError, DeviceUnavailableError
 from .inputs import resolve_inputs
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
+from .rows import transport_path
 from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
 
@@ -199,7 +200,8 @@ def _input_dataset(inputs, videos_per_block: int, decode_pool):
         raise ConfigError("inputs", inputs, "There are no input videos.")
     per_block = _block_size(len(paths), videos_per_block, decode_pool)
     blocks = math.ceil(len(paths) / per_block)
-    dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    items = [{"path": transport_path(p)} for p in paths]  # Arrow strings are UTF-8
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
     return dataset, per_block
 
 

@@ -11,6 +11,8 @@ and :func:`row_patches` gives the torch tensor back bit-exactly.
 
 from __future__ import annotations
 
+import base64
+import os
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,39 @@ def row_patches(row: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+# A local file name that is not valid UTF-8 travels between Ray stages (Arrow
+# strings) as this marker and its bytes in base64; no real path holds a NUL.
+_RAW_NAME = "\0fsname:"
+
+
+def transport_path(path: str) -> str:
+    """``path`` as a valid UTF-8 string that :func:`local_path` turns back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _RAW_NAME + base64.b64encode(os.fsencode(path)).decode("ascii")
+    return path
+
+
+def local_path(transported: str) -> str:
+    """The path :func:`transport_path` was given."""
+    if transported.startswith(_RAW_NAME):
+        return os.fsdecode(base64.b64decode(transported[len(_RAW_NAME) :]))
+    return transported
+
+
+def row_path(path: str) -> str:
+    """The ``path`` a row shows: a URI's credentials redacted, and the bytes
+    of a file name that is not valid UTF-8 as ``\\xff`` escapes (Arrow's
+    strings are UTF-8)."""
+    shown = redact(path)
+    try:
+        shown.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return shown
+
+
 def make_row(
     path: str,
     patches: torch.Tensor,
@@ -71,7 +106,7 @@ def make_row(
     """A success row from tensors on any device. ``device_fallback``: why
     ``auto`` decoded on the CPU of a GPU node (None when it did not)."""
     return {
-        "path": redact(path),
+        "path": row_path(path),
         "patches": patches_to_numpy(patches),
         "patches_dtype": output_dtype,
         "meta_fields": meta_fields.detach().cpu().numpy(),
@@ -142,7 +177,7 @@ def error_row(
     k, p, t = config.k_keep, config.patch_size, config.sequence_length
     patches_dtype = np.uint16 if config.output_dtype == "bf16" else STORAGE[config.output_dtype]
     return {
-        "path": redact(path),
+        "path": row_path(path),
         "patches": np.zeros((k, 3, p, p), patches_dtype),
         "patches_dtype": config.output_dtype,
         "meta_fields": np.zeros((k, 3), np.int32),

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from ..errors import EnergyRuleError, OutputNotEmptyError, OutputPathError
 from ..kernels.reference import ENERGY_RULE, LEGACY_ENERGY_RULE
+from .lock import LOCK_FILE, output_lock
 from .rows import NULLABLE_STRING_COLUMNS
 
 SHARDS_DIR = "shards"
@@ -63,9 +64,17 @@ ERRORS_FILE = "errors.parquet"
 MANIFEST_FILE = "manifest.json"
 # NAME.tmp-XXXXXXXX: a file being written, or left by a killed run.
 TEMPORARY_NAME = re.compile(
-    rf"(?:shard-\d{{5,}}\.parquet|{re.escape(ERRORS_FILE)}|{re.escape(MANIFEST_FILE)})"
-    r"\.tmp-[0-9a-f]{8}"
+    rf"(?:shard-\d{{5,}}\.parquet|{re.escape(ERRORS_FILE)}|{re.escape(MANIFEST_FILE)}"
+    rf"|{re.escape(LOCK_FILE)})\.tmp-[0-9a-f]{{8}}"
 )
+# Failures a later run may cure: deadlines, crashed or killed decoders, remote I/O.
+TRANSIENT_REASONS = ("timed out", "the decoder process died", "decoder process was killed",
+                     "did not start", "remote read failed", "cannot read the file")  # fmt: skip
+
+
+def is_transient(reason: str) -> bool:
+    """Whether an error row's reason is one ``--retry-failed`` decodes again."""
+    return any(marker in reason for marker in TRANSIENT_REASONS)
 
 
 def written_energy_rule(manifest: dict[str, Any]) -> str:
@@ -294,6 +303,7 @@ def write_shards(
     config=None,
     resume: bool = False,
     skipped: int = 0,
+    retry=(),
 ) -> dict[str, Any]:
     """Write ``ds`` (a :func:`patch_dataset`) under ``out``; returns the manifest.
 
@@ -311,6 +321,12 @@ def write_shards(
             as skipped). Without it, ``out`` must hold no run yet.
         skipped: inputs the caller left out because ``out`` already had them;
             recorded in the manifest.
+        retry: paths of the errors table that ``ds`` decodes again (with
+            ``resume``): their new rows replace their old failures.
+
+    The run holds ``out``'s lock (:mod:`cps_ray.pipeline.lock`): a second run
+    writing the same output at the same time is refused with a
+    :class:`JobError`.
 
     The manifest: ``inputs`` (this run's distinct inputs: ``skipped`` plus
     the rows written), ``skipped``, ``ok`` and ``failed`` (videos in the
@@ -332,6 +348,11 @@ def write_shards(
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard}")
     output = OutputRoot(out)
+    with output_lock(output):
+        return _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry)
+
+
+def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) -> dict[str, Any]:
     previous = read_output(output)
     if not resume and not previous.is_empty:
         raise OutputNotEmptyError(
@@ -348,13 +369,16 @@ def write_shards(
     errors_path: list[str] = []
     errors_reason: list[str] = []
     counts = {"ok": 0, "already": 0, "duplicates": 0}
+    retry = frozenset(retry) & frozenset(previous.error_paths) if resume else frozenset()
+    kept_errors = [(p, r) for p, r in zip(previous.error_paths, previous.error_reasons)
+                   if p not in retry]  # fmt: skip
 
     def manifest(complete: bool) -> dict[str, Any]:
         return {
             "inputs": skipped + counts["already"] + counts["ok"] + len(errors_path),
             "skipped": skipped + counts["already"],
             "ok": len(previous.shard_paths) + counts["ok"],
-            "failed": len(previous.error_paths) + len(errors_path),
+            "failed": len(kept_errors) + len(errors_path),
             "shards": list(previous.shards) + shards,
             "errors": ERRORS_FILE,
             "run": {
@@ -372,7 +396,7 @@ def write_shards(
 
     # First the settings: a run killed before its end is resumed with them.
     output.write_bytes(MANIFEST_FILE, json.dumps(manifest(False), indent=2).encode())
-    done = set(previous.done_paths)
+    done = set(previous.done_paths) - retry
     pending: list[pa.Table] = []
     pending_rows = 0
 
@@ -396,7 +420,8 @@ def write_shards(
         good = np.zeros(batch.num_rows, dtype=bool)
         for i, (path, err) in enumerate(zip(batch.column("path").to_pylist(), errors)):
             if path in done:
-                counts["already" if path in previous.done_paths else "duplicates"] += 1
+                old = path in previous.done_paths and path not in retry
+                counts["already" if old else "duplicates"] += 1
                 continue
             done.add(path)
             if err:
@@ -418,12 +443,12 @@ def write_shards(
     if pending_rows:
         flush(pending)
 
-    if errors_path or not previous.has_errors_file:
+    if errors_path or retry or not previous.has_errors_file:
         output.write_table(
             ERRORS_FILE,
             _errors_table(
-                list(previous.error_paths) + errors_path,
-                list(previous.error_reasons) + errors_reason,
+                [p for p, _ in kept_errors] + errors_path,
+                [r for _, r in kept_errors] + errors_reason,
             ),
         )
     final = manifest(True)

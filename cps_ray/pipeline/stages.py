@@ -20,12 +20,19 @@ from ..decode import default_ffmpeg_threads
 from ..devices import cuda_available, processes_per_gpu, size_nvdec_cache, torch_device
 from ..select import select_video
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
-from .rows import error_reason, error_row, make_row, rows_to_batch
+from .rows import (
+    error_reason,
+    error_row,
+    local_path,
+    make_row,
+    rows_to_batch,
+    transport_path,
+)
 from .worker import check_stream_config, make_worker, share_cores
 
 
 def _paths(batch: dict[str, np.ndarray]) -> list[str]:
-    return [str(p) for p in batch["path"]]
+    return [local_path(str(p)) for p in batch["path"]]
 
 
 class FrameDecoder:
@@ -130,7 +137,7 @@ class DecodeStage:
             except Exception as err:
                 errors[i] = error_reason(err)
         return {
-            "path": np.array(paths, dtype=object),
+            "path": np.array([transport_path(p) for p in paths], dtype=object),
             "frames": frames,
             "frame_indices": indices,
             "timestamps": stamps,
