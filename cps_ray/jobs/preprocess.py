@@ -23,7 +23,6 @@ from ..pipeline.shards import (
     OutputRoot,
     WrittenOutput,
     check_energy_rule,
-    is_transient,
     read_errors,
     read_output,
     write_shards,
@@ -50,6 +49,15 @@ OUTPUT_FIELDS = (
 )
 # Failed videos listed at the end of a run; the errors table has them all.
 MAX_LISTED_FAILURES = 20
+
+# Failures a later run may cure: deadlines, crashed or killed decoders, remote I/O.
+TRANSIENT_REASONS = ("timed out", "the decoder process died", "decoder process was killed",
+                     "did not start", "remote read failed", "cannot read the file")  # fmt: skip
+
+
+def is_transient(reason: str) -> bool:
+    """Whether an error row's reason is one ``--retry-failed`` decodes again."""
+    return any(marker in reason for marker in TRANSIENT_REASONS)
 
 
 # Set by Ray's job supervisor in the environment of a submitted driver.

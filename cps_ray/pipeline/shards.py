@@ -67,14 +67,6 @@ TEMPORARY_NAME = re.compile(
     rf"(?:shard-\d{{5,}}\.parquet|{re.escape(ERRORS_FILE)}|{re.escape(MANIFEST_FILE)}"
     rf"|{re.escape(LOCK_FILE)})\.tmp-[0-9a-f]{{8}}"
 )
-# Failures a later run may cure: deadlines, crashed or killed decoders, remote I/O.
-TRANSIENT_REASONS = ("timed out", "the decoder process died", "decoder process was killed",
-                     "did not start", "remote read failed", "cannot read the file")  # fmt: skip
-
-
-def is_transient(reason: str) -> bool:
-    """Whether an error row's reason is one ``--retry-failed`` decodes again."""
-    return any(marker in reason for marker in TRANSIENT_REASONS)
 
 
 def written_energy_rule(manifest: dict[str, Any]) -> str:
