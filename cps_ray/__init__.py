@@ -5,8 +5,6 @@ squared, every ``patch_size`` squared patch scored by a codec-like energy, the
 ``k_keep`` highest kept with their (t, row, col) positions.
 """
 
-from .api import DecodeResult, PatchStream, decode_only, patch_stream
-from .config import DecodeConfig, PatchStreamConfig, resolve_backends
 from .errors import (
     ConfigError,
     CpsRayError,
@@ -23,17 +21,40 @@ from .errors import (
     SessionClosedError,
     VideoFolderError,
 )
-from .pipeline import TrainingBatches, collate_patches, local_stream, row_patches
-from .select import select_patches
+
+# The rest is imported when first used: `import cps_ray` (and a Ray worker
+# that only reads a manifest) loads neither torch nor Ray.
+_LAZY = {
+    "DecodeResult": ".api",
+    "PatchStream": ".api",
+    "decode_only": ".api",
+    "patch_stream": ".api",
+    "DecodeConfig": ".config",
+    "PatchStreamConfig": ".config",
+    "resolve_backends": ".config",
+    "TrainingBatches": ".pipeline",
+    "collate_patches": ".pipeline",
+    "local_stream": ".pipeline",
+    "row_patches": ".pipeline",
+    "patch_dataset": ".pipeline",
+    "write_shards": ".pipeline",
+    "select_patches": ".select",
+}
 
 
 def __getattr__(name):
-    # patch_dataset and write_shards import Ray; keep `import cps_ray` light.
-    if name in ("patch_dataset", "write_shards"):
-        from . import pipeline
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cps_ray' has no attribute {name!r}")
+    import importlib
 
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'cps_ray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __version__ = "0.1.0"

@@ -23,7 +23,13 @@ from local_ray_head import psutil, session_processes
 
 from cps_ray import PatchStreamConfig
 from cps_ray.jobs import preprocess_main, run_preprocess
-from cps_ray.pipeline.shards import OutputNotEmptyError, read_output, write_shards
+from cps_ray.pipeline.shards import (
+    OutputNotEmptyError,
+    done_set,
+    iter_shard_paths,
+    read_output,
+    write_shards,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
@@ -99,7 +105,8 @@ def test_temporary_files_never_count_and_the_next_run_deletes_them(tmp_path):
         (out / name).write_bytes(b"PAR1 half a shard")
     (out / "shards" / "notes.txt").write_text("not ours")
     seen = read_output(out)
-    assert seen.shards == before.shards and seen.shard_paths == before.shard_paths
+    assert seen.shards == before.shards
+    assert list(iter_shard_paths(out, seen)) == list(iter_shard_paths(out, before))
     assert seen.next_shard_index == 1
     assert sorted(seen.temporaries) == sorted(leftovers)
 
@@ -124,7 +131,7 @@ def test_every_path_is_written_once(tmp_path):
     ds = RowsDataset([paths[i] for i in rows], [errors[i] for i in rows])
     manifest = write_shards(ds, out, rows_per_shard=2)
     written = read_output(out)
-    assert list(written.shard_paths) == [paths[0], paths[1], paths[3], paths[4]]
+    assert _flat_paths(out) == [paths[0], paths[1], paths[3], paths[4]]
     assert list(written.error_paths) == [paths[2]]
     assert manifest["duplicate_rows"] == 3
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (5, 4, 1)
@@ -155,7 +162,8 @@ def test_interrupted_write_resumed_equals_one_write(tmp_path):
     assert killed.manifest["complete"] is False  # provisional, with the settings
     assert killed.manifest["config"]["k_keep"] == CFG.k_keep
     assert not killed.has_errors_file and len(killed.shards) == 2
-    todo = [p for p in paths if p not in killed.done_paths]
+    done = done_set(out, killed)
+    todo = [p for p in paths if p not in done]
     ds = RowsDataset(todo, [errors[paths.index(p)] for p in todo])
     skipped = len(paths) - len(todo)
     manifest = write_shards(ds, out, rows_per_shard=2, config=CFG, resume=True, skipped=skipped)
@@ -192,6 +200,10 @@ def _rows(out: Path) -> list[tuple]:
             arrays = [np.asarray(row[c]) for c in ROW_COLUMNS[1:]]
             rows.append((row["path"], *((a.dtype.str, a.shape, a.tobytes()) for a in arrays)))
     return rows
+
+
+def _flat_paths(out: Path) -> list[str]:
+    return [p for paths in iter_shard_paths(out) for p in paths]
 
 
 def _shards_of(out: Path) -> list[list[str]]:
@@ -243,7 +255,7 @@ def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_pa
 
     assert preprocess_main([*args, "--output", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
-    skipped = len(killed.shard_paths)
+    skipped = killed.ok_rows
     assert f"preprocess: {len(inputs)} inputs, {skipped} already in the output (skipped)" in printed
     assert "half-written files of a killed run will be deleted" in printed
     assert not list(out.rglob("*.tmp-*"))
@@ -321,7 +333,7 @@ def test_retry_failed_decodes_again_only_what_a_rerun_may_cure(tmp_path):
                             resume=True, retry=plan.retry)  # fmt: skip
     written = read_output(out)
     assert written.error_paths == (paths[3],)
-    assert sorted(written.shard_paths) == [paths[0], paths[1], paths[2], paths[4]]
+    assert sorted(_flat_paths(out)) == [paths[0], paths[1], paths[2], paths[4]]
     assert manifest["ok"] == 4 and manifest["failed"] == 1 and manifest["run"]["ok"] == 1
     with pytest.raises(Exception, match="--retry-failed needs --resume"):
         run_preprocess(listed, out, CFG, retry_failed=True, log=lambda *a: None)

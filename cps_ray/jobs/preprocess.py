@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import PatchStreamConfig
-from ..errors import CpsRayError, JobError
+from ..errors import ConfigError, CpsRayError, JobError
+from ..pipeline.inputs import is_manifest
 from ..pipeline.lock import output_lock
 from ..pipeline.rows import row_path
 from ..pipeline.shards import (
@@ -23,10 +24,12 @@ from ..pipeline.shards import (
     OutputRoot,
     WrittenOutput,
     check_energy_rule,
+    done_set,
     read_errors,
     read_output,
     write_shards,
 )
+from ..remote import redact
 from .inputs import find_inputs, resolve_output
 from .options import (
     DEFAULT_ROWS_PER_SHARD,
@@ -129,35 +132,24 @@ def plan_preprocess(
 ) -> PreprocessPlan:  # fmt: skip
     """Find the inputs, check the output, leave out what it already holds.
 
+    The inputs are listed in the driver: :func:`run_preprocess` plans this
+    way for a folder, a glob or one file, and streams a manifest instead.
+
     Raises:
         JobError: no inputs; an unusable output; an output that already
             holds a run without ``resume``; ``resume`` with other settings.
     """
     inputs = find_inputs(input_spec)
-    out = resolve_output(output)
-    try:
-        written = read_output(out)
-    except OSError as err:
-        raise JobError(f"output {os.fspath(output)!r}: cannot read it ({err})") from None
+    out, written = _check_output(output, config, resume)
     if not resume:
-        if not written.is_empty:
-            raise JobError(
-                f"output {os.fspath(output)!r} already holds a preprocessing run "
-                f"({len(written.shards)} shards); pass --resume to add to it, or choose "
-                "another OUT"
-            )
         return PreprocessPlan(tuple(inputs), tuple(inputs), out, resume, written)
-    try:
-        check_energy_rule(written.manifest, os.fspath(output))
-    except EnergyRuleError as err:
-        raise JobError(f"--resume: {err}") from None
-    _check_same_config(written.manifest, config)
-    done = written.done_paths
     retry = set()
     if retry_failed:
         pairs = zip(written.error_paths, written.error_reasons)
         retry = {path for path, reason in pairs if is_transient(reason)}
-    todo = [p for p in inputs if row_path(p) not in done or row_path(p) in retry]
+    shown = [row_path(p) for p in inputs]
+    done = done_set(out, written, exclude=retry).contains(shown)
+    todo = [p for p, d in zip(inputs, done) if not d]
     retried = tuple(row_path(p) for p in todo if row_path(p) in retry)
     return PreprocessPlan(tuple(inputs), tuple(todo), out, resume, written, retried)
 
@@ -192,6 +184,9 @@ def run_preprocess(
 
 def _run_preprocess(input_spec, output, config, rows_per_shard, resume, retry_failed, address,
                     log, pool_options) -> dict[str, Any]:  # fmt: skip
+    if is_manifest(os.fspath(input_spec)):
+        return _run_streamed(input_spec, output, config, rows_per_shard, resume, retry_failed,
+                             address, log, pool_options)  # fmt: skip
     plan = plan_preprocess(input_spec, output, config, resume=resume, retry_failed=retry_failed)
     log(
         f"preprocess: {len(plan.inputs)} inputs, {plan.skipped} already in the output "
@@ -229,6 +224,85 @@ def _run_preprocess(input_spec, output, config, rows_per_shard, resume, retry_fa
         skipped=plan.skipped,
         retry=plan.retry,
     )
+
+
+def _check_output(output, config, resume: bool) -> tuple[str, WrittenOutput]:
+    out = resolve_output(output)
+    try:
+        written = read_output(out)
+    except OSError as err:
+        raise JobError(f"output {os.fspath(output)!r}: cannot read it ({err})") from None
+    if not resume:
+        if not written.is_empty:
+            raise JobError(
+                f"output {os.fspath(output)!r} already holds a preprocessing run "
+                f"({len(written.shards)} shards); pass --resume to add to it, or choose "
+                "another OUT"
+            )
+        return out, written
+    try:
+        check_energy_rule(written.manifest, os.fspath(output))
+    except EnergyRuleError as err:
+        raise JobError(f"--resume: {err}") from None
+    _check_same_config(written.manifest, config)
+    return out, written
+
+
+def _run_streamed(manifest, output, config, rows_per_shard, resume, retry_failed, address, log,
+                  pool_options) -> dict[str, Any]:  # fmt: skip
+    """A manifest's run: Ray Data reads the manifest as the run goes; the
+    driver holds neither its paths nor the output's (see :mod:`.admit`)."""
+    from ..pipeline.manifests import ManifestSource
+
+    shown = redact(os.fspath(manifest))
+    try:
+        source = ManifestSource(manifest)
+    except ConfigError as err:
+        raise JobError(f"input {shown!r}: {err.allowed}") from None
+    if source.size == 0:
+        raise JobError(f"manifest {shown!r} lists no videos")
+    out, written = _check_output(output, config, resume)
+    retry = frozenset()
+    if retry_failed:
+        pairs = zip(written.error_paths, written.error_reasons)
+        retry = frozenset(path for path, reason in pairs if is_transient(reason))
+    log(
+        f"preprocess: inputs from {shown}, read as the run goes"
+        + (", leaving out what the output holds" if resume else "")
+        + f" -> {out}"
+    )
+    if written.temporaries:
+        log(
+            f"preprocess: {len(written.temporaries)} half-written files of a killed run "
+            "will be deleted (never part of the output)"
+        )
+    connect_ray(address)
+    from ..pipeline.dataset import build_patch_dataset
+    from .admit import AdmitInputs, tally
+
+    counter = tally()
+    admit = (AdmitInputs, {"output": out, "retry": retry, "tally": counter})
+    ds = build_patch_dataset(os.fspath(manifest), config, admit, pool_options)
+    counts: dict[str, int] = {}
+
+    def skipped() -> int:
+        import ray
+
+        counts.update(ray.get(counter.totals.remote()))
+        return counts.get("skipped", 0)
+
+    result = write_shards(ds, out, rows_per_shard=rows_per_shard, config=config, resume=resume,
+                          skipped=skipped, retry=retry)  # fmt: skip
+    log(
+        f"preprocess: {counts.get('inputs', 0)} inputs, {counts.get('skipped', 0)} already in "
+        f"the output (skipped), {counts.get('inputs', 0) - counts.get('skipped', 0)} processed"
+        + (
+            f", {counts['retried']} of them failed before and were retried"
+            if counts.get("retried")
+            else ""
+        )  # fmt: skip
+    )
+    return result
 
 
 def summarize_preprocess(manifest: dict[str, Any], output: str) -> str:

@@ -2,22 +2,34 @@
 pipeline (``patch_dataset``, ``write_shards``, ``TrainingBatches``). Only this
 package imports ``ray``, and only where a Ray pipeline is built."""
 
-from .feed import TrainingBatches, collate_patches
-from .local import local_stream
-from .rows import ROW_COLUMNS, row_patches
+_LAZY = {
+    "TrainingBatches": ".feed",
+    "collate_patches": ".feed",
+    "local_stream": ".local",
+    "ROW_COLUMNS": ".rows",
+    "row_patches": ".rows",
+    # These import Ray.
+    "patch_dataset": ".dataset",
+    "plan_pipeline": ".dataset",
+    "write_shards": ".shards",
+}
 
 
 def __getattr__(name):
-    # Ray is imported only when a Ray pipeline is asked for.
-    if name in ("patch_dataset", "plan_pipeline"):
-        from . import dataset
+    # Each name is imported when first asked for: Ray only for a Ray
+    # pipeline, torch only for decoding and rows.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cps_ray.pipeline' has no attribute {name!r}")
+    import importlib
 
-        return getattr(dataset, name)
-    if name == "write_shards":
-        from .shards import write_shards
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-        return write_shards
-    raise AttributeError(name)
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -9,13 +9,15 @@ Each stage declares its resources in a :class:`StageResources`; one adapter,
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from ..config import PatchStreamConfig
 from ..errors import ConfigError, DeviceUnavailableError
-from .inputs import resolve_inputs
+from ..remote import redact
+from .inputs import is_manifest, resolve_inputs, transport_path
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
-from .rows import transport_path
+from .manifests import ManifestSource, read_manifest_dataset
 from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
 
@@ -183,16 +185,27 @@ def _block_size(num_videos: int, videos_per_block: int, decode_pool) -> int:
 
 
 def _input_dataset(inputs, videos_per_block: int, decode_pool):
+    """The dataset of input paths, and the videos per block.
+
+    A manifest is streamed (:mod:`cps_ray.pipeline.manifests`); a list is
+    already in memory; a Dataset's paths are read first, because its own
+    stages may need the CPUs the actor pools are about to take.
+    """
     import ray.data
 
+    if isinstance(inputs, (str, os.PathLike)) and is_manifest(os.fspath(inputs)):
+        source = ManifestSource(inputs)
+        if source.estimated_rows == 0 or source.size == 0:
+            raise ConfigError("inputs", redact(source.path), "There are no input videos.")
+        per_block = _block_size(source.estimated_rows, videos_per_block, decode_pool)
+        source.videos_per_block = per_block
+        return read_manifest_dataset(source), per_block
     if isinstance(inputs, ray.data.Dataset):
         names = inputs.schema().names
         if "path" not in names:
             raise ConfigError(
                 "inputs", f"Dataset with columns {names}", "It needs a 'path' column."
             )
-        # The paths are read before the actor pools start: the pools take the
-        # cluster's CPUs, and upstream read tasks would wait for them forever.
         paths = [str(row["path"]) for row in inputs.select_columns(["path"]).iter_rows()]
     else:
         paths = resolve_inputs(inputs)
@@ -209,8 +222,11 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     """A lazy ``ray.data.Dataset`` with one row per input video.
 
     Args:
-        inputs: a list of paths, a manifest (``.txt``/``.csv``/``.parquet``),
-            or a ``ray.data.Dataset`` with a ``path`` column.
+        inputs: a list of paths, a manifest (``.txt``/``.csv``/``.parquet``,
+            local or at a URI: read by Ray Data while the pipeline runs, never
+            loaded into the driver), or a ``ray.data.Dataset`` with a ``path``
+            column (its paths are collected first: its own stages may need
+            the CPUs the pools take).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
         pool_options: ``decode_pool``, ``select_pool`` (int or ``(min, max)``),
             ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
@@ -229,7 +245,17 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     video is a row with ``error`` set. Defaults fill the cluster's CPUs once
     (decode) and keep a small selection pool.
     """
+    return build_patch_dataset(inputs, config, None, pool_options)
+
+
+def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: dict):
+    """:func:`patch_dataset`, with ``admit`` (``None``, or a ``(class,
+    constructor_kwargs)`` pair) run on the input paths before decoding: a
+    ``map_batches`` class on one actor without a CPU that returns the paths
+    to decode (a job leaves out what its output holds this way)."""
     import ray
+
+    pool_options = dict(pool_options)
 
     check_stream_config(config)
     preserve_order = pool_options.pop("preserve_order", True)
@@ -260,6 +286,16 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
     ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool)
     ds.context.execution_options.preserve_order = bool(preserve_order)
+    if admit is not None:
+        admit_class, admit_kwargs = admit
+        ds = ds.map_batches(
+            admit_class,
+            fn_constructor_kwargs=admit_kwargs,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0,
+            batch_size=per_block,
+            batch_format="pyarrow",
+        )
     threads = config.ffmpeg_threads or plan.ffmpeg_threads
     decoding = {
         "config": config,

@@ -6,18 +6,53 @@ name is never read by FFmpeg as one of its protocols (see :func:`local_name`).
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
 import re
 from collections.abc import Iterable
 
 from ..errors import ConfigError
+from ..remote import redact
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".csv", ".parquet", ".pq")
 # What FFmpeg's url_find_protocol reads as "PROTOCOL:rest" (file:, pipe:,
 # concat:, subfile,,...:), instead of the name of a local file.
 FFMPEG_PROTOCOL_PREFIX = re.compile(r"[A-Za-z0-9+.-]*:|subfile,.*:", re.DOTALL)
 URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+# A local file name that is not valid UTF-8 travels between Ray stages (Arrow
+# strings) as this marker and its bytes in base64; no real path holds a NUL.
+_RAW_NAME = "\0fsname:"
+
+
+def transport_path(path: str) -> str:
+    """``path`` as a valid UTF-8 string that :func:`local_path` turns back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _RAW_NAME + base64.b64encode(os.fsencode(path)).decode("ascii")
+    return path
+
+
+def local_path(transported: str) -> str:
+    """The path :func:`transport_path` was given."""
+    if transported.startswith(_RAW_NAME):
+        return os.fsdecode(base64.b64decode(transported[len(_RAW_NAME) :]))
+    return transported
+
+
+def row_path(path: str) -> str:
+    """The ``path`` a row shows: a URI's credentials redacted, and the bytes
+    of a file name that is not valid UTF-8 as ``\\xff`` escapes (Arrow's
+    strings are UTF-8)."""
+    shown = redact(path)
+    try:
+        shown.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return shown
 
 
 def is_uri(path: str) -> bool:
@@ -63,24 +98,45 @@ def _open_text(path: str):
         return io.StringIO(f.read().decode("utf-8"), newline="")
 
 
+def manifest_base(path: str) -> str:
+    """The folder (or URI prefix) a manifest's relative entries resolve against.
+
+    Raises:
+        ConfigError: a local manifest that is not an existing file.
+    """
+    if is_uri(path):
+        # pyarrow's URI options (?endpoint_override=...) hold for every entry.
+        head, mark, query = path.partition("?")
+        return head.rsplit("/", 1)[0] + mark + query
+    if not os.path.isfile(path):
+        raise ConfigError("inputs", path, "A manifest must be an existing file.")
+    return os.path.dirname(os.path.abspath(path))
+
+
+def resolve_entry(entry: str, base: str) -> str:
+    """One manifest entry as an input path: URIs and absolute paths as they
+    are, relative ones under ``base`` (a folder, or a URI prefix)."""
+    if is_uri(entry):
+        return entry
+    if is_uri(base):
+        if os.path.isabs(entry):
+            return entry
+        prefix, mark, query = base.partition("?")
+        return f"{prefix}/{entry}{mark}{query}"
+    return tidy(entry if os.path.isabs(entry) else os.path.join(base, entry))
+
+
 def read_manifest(path: str) -> list[str]:
     """Paths listed in a manifest (a local file or a URI); relative entries
-    resolve against its folder."""
+    resolve against its folder. The whole list, in memory: ``patch_dataset``
+    streams manifests instead (:mod:`cps_ray.pipeline.manifests`)."""
     path = os.fspath(path)
-    if is_uri(path):
-        base = path.rsplit("/", 1)[0]
-    elif not os.path.isfile(path):
-        raise ConfigError("inputs", path, "A manifest must be an existing file.")
-    else:
-        base = os.path.dirname(os.path.abspath(path))
-    lower = path.lower()
+    base = manifest_base(path)
     try:
-        entries = _manifest_entries(path, lower)
+        entries = _manifest_entries(path, path.lower())
     except OSError as err:
         raise ConfigError("inputs", path, f"The manifest cannot be read ({err}).") from None
-    if is_uri(path):
-        return [e if is_uri(e) or os.path.isabs(e) else f"{base}/{e}" for e in entries]
-    return [tidy(e if is_uri(e) or os.path.isabs(e) else os.path.join(base, e)) for e in entries]
+    return [resolve_entry(e, base) for e in entries]
 
 
 def _manifest_entries(path: str, lower: str) -> list[str]:

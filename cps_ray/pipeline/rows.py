@@ -11,8 +11,6 @@ and :func:`row_patches` gives the torch tensor back bit-exactly.
 
 from __future__ import annotations
 
-import base64
-import os
 from typing import Any
 
 import numpy as np
@@ -21,7 +19,7 @@ import torch
 from ..api import PatchStream
 from ..config import PatchStreamConfig
 from ..errors import CpsRayError
-from ..remote import redact
+from .inputs import local_path, row_path, transport_path  # noqa: F401  (re-exported)
 
 STORAGE = {"fp32": np.float32, "fp16": np.float16}
 
@@ -56,39 +54,6 @@ def row_patches(row: dict[str, Any]) -> torch.Tensor:
     if row["patches_dtype"] == "bf16":
         return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(arr.copy())
-
-
-# A local file name that is not valid UTF-8 travels between Ray stages (Arrow
-# strings) as this marker and its bytes in base64; no real path holds a NUL.
-_RAW_NAME = "\0fsname:"
-
-
-def transport_path(path: str) -> str:
-    """``path`` as a valid UTF-8 string that :func:`local_path` turns back."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return _RAW_NAME + base64.b64encode(os.fsencode(path)).decode("ascii")
-    return path
-
-
-def local_path(transported: str) -> str:
-    """The path :func:`transport_path` was given."""
-    if transported.startswith(_RAW_NAME):
-        return os.fsdecode(base64.b64decode(transported[len(_RAW_NAME) :]))
-    return transported
-
-
-def row_path(path: str) -> str:
-    """The ``path`` a row shows: a URI's credentials redacted, and the bytes
-    of a file name that is not valid UTF-8 as ``\\xff`` escapes (Arrow's
-    strings are UTF-8)."""
-    shown = redact(path)
-    try:
-        shown.encode("utf-8")
-    except UnicodeEncodeError:
-        return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return shown
 
 
 def make_row(
