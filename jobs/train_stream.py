@@ -52,6 +52,7 @@ from cps_ray.jobs import (  # noqa: E402
     positive_int,
     run_entry_point,
 )
+from cps_ray.pipeline.inputs import is_manifest  # noqa: E402
 from cps_ray.pipeline.train import (  # noqa: E402
     TinyPatchTransformer,
     masked_loss,
@@ -77,7 +78,9 @@ def build_dataset(args, **pool_options):
 
     config = config_from_args(args)
     options = {**isolation_from_args(args), **pool_options}
-    return patch_dataset(find_inputs(args.input), config, **options), config
+    # A manifest streams through Ray Data; a folder or glob is listed here.
+    inputs = args.input if is_manifest(args.input) else find_inputs(args.input)
+    return patch_dataset(inputs, config, **options), config
 
 
 def batches_forever(ds, batch_size: int, device: str):

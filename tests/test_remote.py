@@ -210,3 +210,97 @@ def test_http_inputs(media):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_patch_dataset_streams_a_manifest_kept_in_s3(s3, ray_session, media, tmp_path):
+    """The manifest is read by Ray Data's read tasks (with the store's
+    settings from runtime_env, as every stage gets them); relative entries
+    resolve under its prefix."""
+    from cps_ray import patch_dataset
+
+    names = ["h264.mp4", "vp9.webm"]
+    for name in names:
+        s3.upload(media[name], f"stream/in/{name}")
+    listing = tmp_path / "list.txt"
+    listing.write_text("h264.mp4\n# a comment\nvp9.webm\nmissing.mp4\n")
+    manifest = s3.upload(listing, "stream/in/list.txt")
+    env = {k: os.environ[k] for k in _AWS}
+    rows = patch_dataset(manifest, CFG, runtime_env={"env_vars": env}).take_all()
+    assert [r["path"] for r in rows] == [f"s3://stream/in/{n}" for n in [*names, "missing.mp4"]]
+    local = list(local_stream([str(media[n]) for n in names], CFG, num_workers=1))
+    for a, b in zip(rows, local):
+        _same_rows(a, b)
+    assert rows[2]["error"] == "s3://stream/in/missing.mp4: object not found"
+
+
+def _job_rows(out: Path) -> tuple[dict, dict]:
+    """{path: patches bytes} of the shards, {path: error} of the errors table."""
+    import pyarrow.parquet as pq
+
+    good = {}
+    for shard in sorted((out / "shards").glob("shard-*.parquet")):
+        for row in pq.read_table(shard, columns=["path", "patches"]).to_pylist():
+            good[row["path"]] = np.asarray(row["patches"]).tobytes()
+    errors = {r["path"]: r["error"] for r in pq.read_table(out / "errors.parquet").to_pylist()}
+    return good, errors
+
+
+def test_server_stopped_halfway_then_resume_equals_a_clean_run(media, tmp_path):
+    """The store goes away while a job reads from it: the videos it could not
+    read are error rows (after bounded tries), the job ends; with the store
+    back, --resume --retry-failed decodes just those, and the output holds
+    what a clean run holds."""
+    names = ["h264.mp4", "vp9.webm", "hevc.mkv", "mpeg4.avi", "vp8.webm", "gop1.mp4",
+             "short5.mp4", "vfr.mp4", "faststart.mp4", "broken/text.mp4"]  # fmt: skip
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{n.replace('/', '_')}\n" for n in names))
+
+    def serve() -> tuple[S3Server, dict]:
+        server = S3Server()
+        for name in names:
+            server.upload(media[name], f"halt/in/{name.replace('/', '_')}")
+        server.upload(listing, "halt/in/list.txt")
+        env = dict(os.environ, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                   AWS_EC2_METADATA_DISABLED="true", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+        env.pop("RAY_ADDRESS", None)
+        return server, env
+
+    def job(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, str(REPO / "jobs/preprocess.py"), "--input",
+                "s3://halt/in/list.txt", "--output", str(out), "--rows-per-shard", "1",
+                "--sequence-length", "4", "--input-size", "28", "--patch-size", "14",
+                "--k-keep", "6", "--decode-backend", "cpu", "--process-backend", "cpu",
+                *extra]  # fmt: skip
+
+    out = tmp_path / "out"
+    server, env = serve()
+    try:
+        run = subprocess.Popen(job(out), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not list(out.glob("shards/shard-*.parquet")) and run.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()  # halfway: the first shard is written
+    log = run.communicate(timeout=600)[0]
+    assert run.returncode == 0, log[-3000:]
+    good, errors = _job_rows(out)
+    inputs = {f"s3://halt/in/{n.replace('/', '_')}" for n in names}
+    assert set(good) | set(errors) == inputs and not set(good) & set(errors)
+    lost = {p for p, e in errors.items() if "remote read failed after 3 tries" in e}
+    assert lost | {"s3://halt/in/broken_text.mp4"} == set(errors)
+
+    server, env = serve()  # the store is back
+    try:
+        resumed = subprocess.run(job(out, "--resume", "--retry-failed"), env=env,
+                                 capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        clean = tmp_path / "clean"
+        fresh = subprocess.run(job(clean), env=env, capture_output=True, text=True, timeout=600)
+        assert fresh.returncode == 0, fresh.stderr[-3000:]
+    finally:
+        server.stop()
+    assert _job_rows(out) == _job_rows(clean)
+    assert len(_job_rows(out)[0]) == len(names) - 1

@@ -184,7 +184,7 @@ def _block_size(num_videos: int, videos_per_block: int, decode_pool) -> int:
     return max(1, min(videos_per_block, math.ceil(num_videos / (2 * actors))))
 
 
-def _input_dataset(inputs, videos_per_block: int, decode_pool):
+def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None):
     """The dataset of input paths, and the videos per block.
 
     A manifest is streamed (:mod:`cps_ray.pipeline.manifests`); a list is
@@ -199,7 +199,7 @@ def _input_dataset(inputs, videos_per_block: int, decode_pool):
             raise ConfigError("inputs", redact(source.path), "There are no input videos.")
         per_block = _block_size(source.estimated_rows, videos_per_block, decode_pool)
         source.videos_per_block = per_block
-        return read_manifest_dataset(source), per_block
+        return read_manifest_dataset(source, runtime_env), per_block
     if isinstance(inputs, ray.data.Dataset):
         names = inputs.schema().names
         if "path" not in names:
@@ -284,7 +284,9 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
     if not ray.is_initialized():
         ray.init()
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
-    ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool)
+    ds, per_block = _input_dataset(
+        inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env
+    )
     ds.context.execution_options.preserve_order = bool(preserve_order)
     if admit is not None:
         admit_class, admit_kwargs = admit
@@ -295,6 +297,7 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
             num_cpus=0,
             batch_size=per_block,
             batch_format="pyarrow",
+            **({"runtime_env": runtime_env} if runtime_env else {}),
         )
     threads = config.ffmpeg_threads or plan.ffmpeg_threads
     decoding = {

@@ -233,8 +233,10 @@ class ManifestSource(Datasource):
                     yield _entries_table(entries, self.base)
 
 
-def read_manifest_dataset(source: ManifestSource):
-    """The Ray dataset of ``source``'s paths (column ``path``), streamed."""
+def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = None):
+    """The Ray dataset of ``source``'s paths (column ``path``), streamed;
+    ``runtime_env`` for its read tasks (a store's credentials, as the stages
+    get them)."""
     import ray.data
 
     # Ray Data merges what a read task yields into one block, then cuts each

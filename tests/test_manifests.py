@@ -1,0 +1,162 @@
+"""Manifests streamed by Ray Data (``cps_ray.pipeline.manifests``) and the
+digest sets resume checks against (``cps_ray.pipeline.pathset``)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cps_ray import ConfigError, PatchStreamConfig
+from cps_ray.pipeline.inputs import local_path, read_manifest
+from cps_ray.pipeline.manifests import ManifestSource
+from cps_ray.pipeline.pathset import PathSet
+
+CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
+
+
+def _read(source: ManifestSource) -> list[str]:
+    """Every path the read tasks yield, in task order (run here, without Ray)."""
+    paths = []
+    for task in source.get_read_tasks(1):
+        for block in task():
+            paths += [local_path(p) for p in block.column("path").to_pylist()]
+    return paths
+
+
+TEXT = (
+    "# a comment\n"
+    "a.mp4\n"
+    "\n"
+    "  spaced name.mp4  \r\n"
+    "/abs/b.mp4\n"
+    "sub/./c.mp4\n"
+    "s3://bucket/d.mp4\n"
+    "caf\u00e9/\u65e5\u672c.mp4\n"
+    + "".join(f"long/{'x' * (i % 40)}{i}.mp4\n" for i in range(200))
+    + "last-without-newline.mp4"
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1000, 2**20])
+def test_text_manifest_cut_in_byte_ranges_reads_every_line_once(tmp_path, chunk):
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(TEXT, encoding="utf-8")
+    source = ManifestSource(manifest, videos_per_block=3, chunk_bytes=chunk)
+    assert source.read_tasks == -(-manifest.stat().st_size // chunk)
+    got = _read(source)
+    assert got == read_manifest(str(manifest))
+    assert got[0] == str(tmp_path / "a.mp4") and got[3] == str(tmp_path / "sub" / "c.mp4")
+    assert len(got) == 6 + 200 + 1
+
+
+def test_text_manifest_that_is_not_utf8_keeps_its_bytes(tmp_path):
+    manifest = tmp_path / "list.txt"
+    manifest.write_bytes(b"/videos/caf\xe9.mp4\n/videos/ok.mp4\n")
+    got = _read(ManifestSource(manifest, chunk_bytes=5))
+    assert got == [b"/videos/caf\xe9.mp4".decode("utf-8", "surrogateescape"), "/videos/ok.mp4"]
+
+
+def test_csv_manifest_streams_quoted_fields_with_newlines(tmp_path):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text('label,path\n1,a.mp4\n2,"odd\nname.mp4"\n3,\n4,/abs/c.mp4\n')
+    source = ManifestSource(manifest, videos_per_block=2)
+    assert _read(source) == read_manifest(str(manifest))
+    assert _read(source) == [str(tmp_path / "a.mp4"), str(tmp_path / "odd\nname.mp4"), "/abs/c.mp4"]
+
+
+def test_parquet_manifest_one_task_per_row_group(tmp_path):
+    manifest = tmp_path / "list.parquet"
+    paths = [f"/videos/{i:04d}.mp4" for i in range(1000)]
+    pq.write_table(pa.table({"path": paths, "n": list(range(1000))}), manifest, row_group_size=300)
+    source = ManifestSource(manifest, videos_per_block=8)
+    assert source.read_tasks == 4 and source.estimated_rows == 1000
+    assert _read(source) == paths
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("list.csv", "file\na.mp4\n", "needs a 'path' column; it has \\['file'\\]"),
+        ("missing.txt", None, "must be an existing file"),
+    ],
+)
+def test_bad_manifests_are_refused_before_any_read(tmp_path, name, content, message):
+    manifest = tmp_path / name
+    if content is not None:
+        manifest.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        ManifestSource(manifest)
+
+
+def test_parquet_manifest_without_path_column(tmp_path):
+    manifest = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"file": ["a.mp4"]}), manifest)
+    with pytest.raises(ConfigError, match="Parquet manifest needs a 'path' column"):
+        ManifestSource(manifest)
+
+
+def test_a_short_manifest_still_gives_every_decode_actor_work(tmp_path):
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("".join(f"/v/{'n' * 90}{i}.mp4\n" for i in range(14)))
+    assert ManifestSource(manifest).estimated_rows == 14  # counted, not guessed from bytes
+
+
+def test_pathset_membership_across_merges():
+    paths = [f"/videos/{i}.mp4" for i in range(20000)]
+    seen = PathSet()
+    assert all(seen.add_new(paths[:12000]))
+    fresh = seen.add_new(paths[10000:] + ["/videos/0.mp4", "/videos/x.mp4", "/videos/x.mp4"])
+    assert fresh == [False] * 2000 + [True] * 8000 + [False, True, False]
+    assert len(seen) == 20001
+    assert seen.contains(paths[::997]) == [True] * len(paths[::997])
+    assert seen.contains(["/videos/20000.mp4", "/videos/-1.mp4"]) == [False, False]
+    assert "/videos/19999.mp4" in seen and "/elsewhere/1.mp4" not in seen
+
+
+def test_patch_dataset_streams_a_manifest_with_missing_files(ray_session, media, tmp_path):
+    from cps_ray import patch_dataset
+
+    good = [str(media["h264.mp4"]), str(media["vp9.webm"])]
+    missing = [str(tmp_path / f"gone-{i:04d}.mp4") for i in range(300)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("\n".join([good[0], *missing, good[1]]) + "\n")
+    rows = patch_dataset(str(manifest), CFG, videos_per_block=4).take_all()
+    assert [r["path"] for r in rows] == [good[0], *missing, good[1]]  # order kept
+    assert rows[0]["error"] is None and rows[-1]["error"] is None
+    assert all(r["error"] == f"{p}: file not found" for r, p in zip(rows[1:-1], missing))
+
+
+def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    """A manifest job: repeated spellings of one input are one input, what the
+    output holds is skipped on --resume, and the driver never lists the paths."""
+    import json
+
+    import cps_ray.jobs.inputs
+    import cps_ray.pipeline.inputs
+    from cps_ray.jobs import run_preprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver listed the manifest")
+
+    monkeypatch.setattr(cps_ray.pipeline.inputs, "read_manifest", refuse)
+    monkeypatch.setattr(cps_ray.jobs.inputs, "read_manifest", refuse)
+    folder = media["h264.mp4"].parent
+    first = tmp_path / "first.txt"
+    first.write_text(f"{folder}/h264.mp4\n{folder}/./h264.mp4\n{folder}//broken/text.mp4\n")
+    out = tmp_path / "out"
+    lines = []
+    manifest = run_preprocess(first, out, CFG, rows_per_shard=1, log=lines.append)
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (2, 1, 1)
+    assert manifest["duplicate_rows"] == 0 and manifest["skipped"] == 0
+    assert "read as the run goes" in lines[0]
+    assert "preprocess: 2 inputs, 0 already in the output (skipped), 2 processed" in lines
+
+    second = tmp_path / "second.txt"
+    second.write_text(f"{folder}/vp9.webm\n{folder}/h264.mp4\n{folder}/broken/text.mp4\n")
+    manifest = run_preprocess(second, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+    assert (manifest["inputs"], manifest["skipped"]) == (3, 2)
+    assert (manifest["ok"], manifest["failed"], manifest["run"]["ok"]) == (2, 1, 1)
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["complete"] is True and written["skipped"] == 2
