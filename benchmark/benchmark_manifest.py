@@ -49,8 +49,8 @@ for batch in ds.iter_batches(batch_size=64, batch_format="pyarrow"):
         first = now - start
     if now - start - first > seconds:
         break
-print(json.dumps({"first_row_s": round(first, 2), "rows": rows,
-                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"first_row_s": round(first, 2), "rows": rows, "peak_rss_mib": round(peak)}))
 """
 
 

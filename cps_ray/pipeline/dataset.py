@@ -284,9 +284,7 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
     if not ray.is_initialized():
         ray.init()
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
-    ds, per_block = _input_dataset(
-        inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env
-    )
+    ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env)
     ds.context.execution_options.preserve_order = bool(preserve_order)
     if admit is not None:
         admit_class, admit_kwargs = admit
