@@ -89,6 +89,13 @@ def test_bad_manifests_are_refused_before_any_read(tmp_path, name, content, mess
         ManifestSource(manifest)
 
 
+def test_a_uri_manifest_is_known_by_its_name_not_its_options():
+    from cps_ray.pipeline.inputs import is_manifest
+
+    assert is_manifest("s3://bucket/lists/videos.parquet?endpoint_override=h:9000&scheme=http")
+    assert is_manifest("/data/list.TXT") and not is_manifest("s3://bucket/a.mp4?x=list.txt")
+
+
 def test_parquet_manifest_without_path_column(tmp_path):
     manifest = tmp_path / "list.parquet"
     pq.write_table(pa.table({"file": ["a.mp4"]}), manifest)

@@ -71,7 +71,12 @@ def local_name(path: str) -> str:
 
 
 def is_manifest(path: str) -> bool:
-    return str(path).lower().endswith(MANIFEST_SUFFIXES)
+    """A manifest's name: ``.txt``, ``.csv``, ``.parquet``...; a URI's
+    options (``?endpoint_override=...``) are not part of it."""
+    path = str(path)
+    if is_uri(path):
+        path = path.split("?", 1)[0]
+    return path.lower().endswith(MANIFEST_SUFFIXES)
 
 
 def tidy(path: str) -> str:
