@@ -5,6 +5,7 @@ squared, every ``patch_size`` squared patch scored by a codec-like energy, the
 ``k_keep`` highest kept with their (t, row, col) positions.
 """
 
+from ._lazy import lazy_attributes
 from .errors import (
     ConfigError,
     CpsRayError,
@@ -42,19 +43,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cps_ray' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 pipeline (``patch_dataset``, ``write_shards``, ``TrainingBatches``). Only this
 package imports ``ray``, and only where a Ray pipeline is built."""
 
+from .._lazy import lazy_attributes
+
 _LAZY = {
     "TrainingBatches": ".feed",
     "collate_patches": ".feed",
@@ -15,21 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    # Each name is imported when first asked for: Ray only for a Ray
-    # pipeline, torch only for decoding and rows.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cps_ray.pipeline' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

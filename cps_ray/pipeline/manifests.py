@@ -244,4 +244,8 @@ def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = Non
     # per videos_per_block rows gives the decode actors work from the first
     # blocks on, and spreads a chunk of the manifest over all of them.
     blocks = max(source.read_tasks, -(-source.estimated_rows // source.videos_per_block))
-    return ray.data.read_datasource(source, num_cpus=0, concurrency=1, override_num_blocks=blocks)
+    one_at_a_time = ray.data.TaskPoolStrategy(size=1)
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
+    return ray.data.read_datasource(
+        source, num_cpus=0, compute=one_at_a_time, override_num_blocks=blocks, **extra
+    )
