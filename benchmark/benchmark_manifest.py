@@ -12,8 +12,14 @@ local Ray, builds ``patch_dataset`` on the manifest and iterates it for
 ``--mode listed`` is the way before streaming: the driver reads the whole
 manifest (``read_manifest``) and hands the list to ``patch_dataset``.
 
+``--mode folder`` gives ``patch_dataset`` a folder of that many empty
+``.mp4`` files (1,000 per subfolder; each an error row at once), which a task
+lists (:mod:`cps_ray.pipeline.listing`); ``--mode folder-listed`` lists it in
+the driver first (``find_videos``), the way before.
+
     python benchmark/benchmark_manifest.py                   # streamed
     python benchmark/benchmark_manifest.py --mode listed     # for comparison
+    python benchmark/benchmark_manifest.py --mode folder --sizes 10000 100000
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ mode, manifest, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 import ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 from cps_ray import PatchStreamConfig, patch_dataset
+from cps_ray.media import find_videos
 from cps_ray.pipeline.inputs import read_manifest
 cfg = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
 start = time.perf_counter()
-inputs = read_manifest(manifest) if mode == "listed" else manifest
+listed = {"listed": read_manifest, "folder-listed": find_videos}
+inputs = listed[mode](manifest) if mode in listed else manifest
 ds = patch_dataset(inputs, cfg, isolation="none")
 first = None
 rows = 0
@@ -64,10 +72,24 @@ def make_manifest(lines: int) -> Path:
     return path
 
 
+def make_folder(files: int) -> Path:
+    root = CACHE / f"folder-{files}"
+    done = root / ".complete"
+    if not done.exists():
+        for i in range(files):
+            sub = root / f"part-{i // 1000:05d}"
+            if i % 1000 == 0:
+                sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"clip_{i:08d}.mp4").touch()
+        done.touch()
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--mode", choices=["streamed", "listed"], default="streamed")
+    parser.add_argument("--mode", choices=["streamed", "listed", "folder", "folder-listed"],
+                        default="streamed")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long to stream after the first row")  # fmt: skip
     args = parser.parse_args()
@@ -76,7 +98,8 @@ def main() -> None:
     print(f"mode={args.mode}, {args.seconds:.0f} s after the first row, 2 CPUs")
     print(f"{'lines':>10} {'MiB':>6} {'first row s':>12} {'peak RSS MiB':>13} {'rows':>8}")
     for lines in args.sizes:
-        manifest = make_manifest(lines)
+        folder = args.mode.startswith("folder")
+        manifest = make_folder(lines) if folder else make_manifest(lines)
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-c", CHILD, args.mode, str(manifest), str(args.seconds)],
@@ -86,7 +109,7 @@ def main() -> None:
             print(done.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"the run on {lines} lines failed")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        size = manifest.stat().st_size / 2**20
+        size = 0.0 if folder else manifest.stat().st_size / 2**20
         print(f"{lines:>10} {size:>6.1f} {result['first_row_s']:>12} "
               f"{result['peak_rss_mib']:>13} {result['rows']:>8}"
               f"   ({time.perf_counter() - started:.0f} s in all)")  # fmt: skip

@@ -53,6 +53,7 @@ from cps_ray.jobs import (  # noqa: E402
     run_entry_point,
 )
 from cps_ray.pipeline.inputs import is_manifest  # noqa: E402
+from cps_ray.pipeline.listing import is_listing  # noqa: E402
 from cps_ray.pipeline.train import (  # noqa: E402
     TinyPatchTransformer,
     masked_loss,
@@ -78,8 +79,9 @@ def build_dataset(args, **pool_options):
 
     config = config_from_args(args)
     options = {**isolation_from_args(args), **pool_options}
-    # A manifest streams through Ray Data; a folder or glob is listed here.
-    inputs = args.input if is_manifest(args.input) else find_inputs(args.input)
+    # A manifest, folder or prefix streams through Ray Data; a glob is listed here.
+    streamed = is_manifest(args.input) or is_listing(args.input)
+    inputs = args.input if streamed else find_inputs(args.input)
     return patch_dataset(inputs, config, **options), config
 
 
@@ -267,4 +269,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from cps_ray._stderr import drop_ray_53727
+
+    drop_ray_53727()
     raise SystemExit(main())

@@ -167,3 +167,98 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
     assert (manifest["ok"], manifest["failed"], manifest["run"]["ok"]) == (2, 1, 1)
     written = json.loads((out / "manifest.json").read_text())
     assert written["complete"] is True and written["skipped"] == 2
+
+
+def _video_folder(media, root):
+    """A folder of two videos (one nested, one with a name that is not
+    UTF-8), a file that is not a video and one that is not named like one."""
+    import os
+    import shutil
+
+    (root / "nested").mkdir(parents=True)
+    shutil.copy(media["h264.mp4"], root / "b.mp4")
+    shutil.copy(media["vp9.webm"], os.fsdecode(bytes(root / "nested") + b"/caf\xe9.webm"))
+    shutil.copy(media["broken/text.mp4"], root / "nested" / "text.mp4")
+    (root / "notes.txt").write_text("not an input")
+    return root
+
+
+def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, monkeypatch):
+    """A folder is listed by a task into a file the dataset reads; the file
+    goes with the dataset."""
+    import gc
+    import glob
+    import os
+    import tempfile
+
+    import cps_ray.pipeline.listing
+    from cps_ray import local_stream, patch_dataset
+
+    folder = _video_folder(media, tmp_path / "videos")
+    expected = [r["path"] for r in local_stream(str(folder), CFG, num_workers=1)]
+    assert len(expected) == 3 and expected == sorted(expected)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver listed the folder")
+
+    monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
+    listings = os.path.join(tempfile.gettempdir(), "cps_ray-listing-*")
+    before = set(glob.glob(listings))
+    ds = patch_dataset(str(folder), CFG)
+    assert len(set(glob.glob(listings)) - before) == 1  # listed by the task, kept with ds
+    rows = ds.take_all()
+    assert [r["path"] for r in rows] == expected
+    assert [r["error"] is None for r in rows] == [True, True, False]
+    del ds
+    gc.collect()
+    assert set(glob.glob(listings)) == before
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no video files under it"):
+        patch_dataset(str(tmp_path / "empty"), CFG)
+    assert set(glob.glob(listings)) == before
+
+
+def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    """A folder's job: the driver never lists it; a resume with nothing new
+    leaves the output as it is; a new video is the only one decoded; an empty
+    folder is refused and leaves the output untouched."""
+    import shutil
+
+    import cps_ray.jobs.inputs
+    import cps_ray.pipeline.listing
+    from cps_ray.jobs import JobError, run_preprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver listed the folder")
+
+    monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.jobs.inputs, "find_inputs", refuse)
+    folder = _video_folder(media, tmp_path / "videos")
+    out = tmp_path / "out"
+    lines = []
+    manifest = run_preprocess(folder, out, CFG, rows_per_shard=1, log=lines.append)
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (3, 2, 1)
+    assert "listed by a task" in lines[0]
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    lines.clear()
+    again = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+    assert (again["inputs"], again["skipped"], again["run"]["ok"]) == (3, 3, 0)
+    assert "preprocess: 3 inputs, 3 already in the output (skipped), 0 processed" in lines
+    assert "preprocess: nothing to do; the output is left as it is" in lines
+    assert snapshot() == before
+
+    shutil.copy(media["h264.mp4"], folder / "a.mp4")
+    third = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+    assert (third["inputs"], third["skipped"], third["run"]["ok"]) == (4, 3, 1)
+    assert third["shards"][-1]["file"] == "shards/shard-00002.parquet"
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(JobError, match="no video files under it"):
+        run_preprocess(tmp_path / "empty", tmp_path / "out2", CFG)
+    assert not any((tmp_path / "out2").iterdir())

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import PatchStreamConfig
 from ..errors import ConfigError, CpsRayError, JobError
 from ..pipeline.inputs import is_manifest
+from ..pipeline.listing import is_listing
 from ..pipeline.lock import output_lock
 from ..pipeline.rows import row_path
 from ..pipeline.shards import (
@@ -50,6 +51,7 @@ OUTPUT_FIELDS = (
     "selection",
     "selection_seed",
 )
+NOTHING_TO_DO = "preprocess: nothing to do; the output is left as it is"
 # Failed videos listed at the end of a run; the errors table has them all.
 MAX_LISTED_FAILURES = 20
 
@@ -99,16 +101,10 @@ class PreprocessPlan:
 
     @property
     def nothing_to_write(self) -> bool:
-        """Every input is in the output, and its manifest and errors table
-        already describe it (a killed run may have left them out)."""
-        manifest = self.written.manifest
-        return (
-            not self.todo
-            and manifest is not None
-            and self.written.has_errors_file
-            and manifest.get("shards") == list(self.written.shards)
-            and manifest.get("failed") == len(self.written.error_paths)
-        )
+        """Every input is in the output, and the output is settled: its
+        manifest and errors table describe it (a killed run may have left
+        them out)."""
+        return not self.todo and self.written.is_settled
 
 
 def _check_same_config(manifest: dict[str, Any] | None, config: PatchStreamConfig) -> None:
@@ -133,7 +129,8 @@ def plan_preprocess(
     """Find the inputs, check the output, leave out what it already holds.
 
     The inputs are listed in the driver: :func:`run_preprocess` plans this
-    way for a folder, a glob or one file, and streams a manifest instead.
+    way for a glob or one file, and streams a manifest, a folder or a URI
+    prefix instead.
 
     Raises:
         JobError: no inputs; an unusable output; an output that already
@@ -184,7 +181,7 @@ def run_preprocess(
 
 def _run_preprocess(input_spec, output, config, rows_per_shard, resume, retry_failed, address,
                     log, pool_options) -> dict[str, Any]:  # fmt: skip
-    if is_manifest(os.fspath(input_spec)):
+    if is_manifest(os.fspath(input_spec)) or is_listing(input_spec):
         return _run_streamed(input_spec, output, config, rows_per_shard, resume, retry_failed,
                              address, log, pool_options)  # fmt: skip
     plan = plan_preprocess(input_spec, output, config, resume=resume, retry_failed=retry_failed)
@@ -199,9 +196,8 @@ def _run_preprocess(input_spec, output, config, rows_per_shard, resume, retry_fa
             "will be deleted (never part of the output)"
         )
     # A killed run's provisional manifest ("complete": false) and leftovers are redone.
-    finished = plan.nothing_to_write and plan.written.manifest.get("complete", True)
-    if finished and not plan.written.temporaries:
-        log("preprocess: nothing to do; the output is left as it is")
+    if plan.nothing_to_write:
+        log(NOTHING_TO_DO)
         return {
             **plan.written.manifest,
             "inputs": len(plan.inputs),
@@ -248,26 +244,33 @@ def _check_output(output, config, resume: bool) -> tuple[str, WrittenOutput]:
     return out, written
 
 
-def _run_streamed(manifest, output, config, rows_per_shard, resume, retry_failed, address, log,
+def _run_streamed(spec, output, config, rows_per_shard, resume, retry_failed, address, log,
                   pool_options) -> dict[str, Any]:  # fmt: skip
-    """A manifest's run: Ray Data reads the manifest as the run goes; the
-    driver holds neither its paths nor the output's (see :mod:`.admit`)."""
+    """A manifest's, folder's or URI prefix's run: Ray Data reads the
+    manifest (or a task's listing, see :mod:`cps_ray.pipeline.listing`) as
+    the run goes; the driver holds neither its paths nor the output's (see
+    :mod:`.admit`)."""
     from ..pipeline.manifests import ManifestSource
 
-    shown = redact(os.fspath(manifest))
-    try:
-        source = ManifestSource(manifest)
-    except ConfigError as err:
-        raise JobError(f"input {shown!r}: {err.allowed}") from None
-    if source.size == 0:
-        raise JobError(f"manifest {shown!r} lists no videos")
+    spec = os.fspath(spec)
+    shown = redact(spec)
+    if is_manifest(spec):
+        try:
+            source = ManifestSource(spec)
+        except ConfigError as err:
+            raise JobError(f"input {shown!r}: {err.allowed}") from None
+        if source.size == 0:
+            raise JobError(f"manifest {shown!r} lists no videos")
+        where = f"inputs from {shown}, read as the run goes"
+    else:
+        where = f"inputs: the videos under {shown}, listed by a task"
     out, written = _check_output(output, config, resume)
     retry = frozenset()
     if retry_failed:
         pairs = zip(written.error_paths, written.error_reasons)
         retry = frozenset(path for path, reason in pairs if is_transient(reason))
     log(
-        f"preprocess: inputs from {shown}, read as the run goes"
+        f"preprocess: {where}"
         + (", leaving out what the output holds" if resume else "")
         + f" -> {out}"
     )
@@ -282,7 +285,12 @@ def _run_streamed(manifest, output, config, rows_per_shard, resume, retry_failed
 
     counter = tally()
     admit = (AdmitInputs, {"output": out, "retry": retry, "tally": counter})
-    ds = build_patch_dataset(os.fspath(manifest), config, admit, pool_options)
+    try:
+        ds = build_patch_dataset(spec, config, admit, pool_options)
+    except ConfigError as err:
+        if err.field != "inputs":
+            raise
+        raise JobError(f"input {shown!r}: {err.allowed}") from None
     counts: dict[str, int] = {}
 
     def skipped() -> int:
@@ -292,7 +300,7 @@ def _run_streamed(manifest, output, config, rows_per_shard, resume, retry_failed
         return counts.get("skipped", 0)
 
     result = write_shards(ds, out, rows_per_shard=rows_per_shard, config=config, resume=resume,
-                          skipped=skipped, retry=retry)  # fmt: skip
+                          skipped=skipped, retry=retry, screened=True)  # fmt: skip
     log(
         f"preprocess: {counts.get('inputs', 0)} inputs, {counts.get('skipped', 0)} already in "
         f"the output (skipped), {counts.get('inputs', 0) - counts.get('skipped', 0)} processed"
@@ -302,6 +310,8 @@ def _run_streamed(manifest, output, config, rows_per_shard, resume, retry_failed
             else ""
         )  # fmt: skip
     )
+    if written.is_settled and not retry and result["run"]["ok"] + result["run"]["failed"] == 0:
+        log(NOTHING_TO_DO)
     return result
 
 

@@ -17,6 +17,7 @@ from ..errors import ConfigError, DeviceUnavailableError
 from ..remote import redact
 from .inputs import is_manifest, resolve_inputs, transport_path
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
+from .listing import is_listing, list_on_cluster
 from .manifests import ManifestSource, read_manifest_dataset
 from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
@@ -187,9 +188,11 @@ def _block_size(num_videos: int, videos_per_block: int, decode_pool) -> int:
 def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None):
     """The dataset of input paths, and the videos per block.
 
-    A manifest is streamed (:mod:`cps_ray.pipeline.manifests`); a list is
-    already in memory; a Dataset's paths are read first, because its own
-    stages may need the CPUs the actor pools are about to take.
+    A manifest is streamed (:mod:`cps_ray.pipeline.manifests`); a folder or
+    URI prefix is listed by a task, then streamed the same way
+    (:mod:`cps_ray.pipeline.listing`); a list is already in memory; a
+    Dataset's paths are read first, because its own stages may need the CPUs
+    the actor pools are about to take.
     """
     import ray.data
 
@@ -200,6 +203,13 @@ def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None)
         per_block = _block_size(source.estimated_rows, videos_per_block, decode_pool)
         source.videos_per_block = per_block
         return read_manifest_dataset(source, runtime_env), per_block
+    if is_listing(inputs):
+        listing = list_on_cluster(inputs, runtime_env)
+        source = ManifestSource(listing.path, resolved=True)
+        source.listing = listing  # deleted with the dataset that reads it
+        per_block = _block_size(listing.count, videos_per_block, decode_pool)
+        source.videos_per_block = per_block
+        return read_manifest_dataset(source, runtime_env, listing.node_id), per_block
     if isinstance(inputs, ray.data.Dataset):
         names = inputs.schema().names
         if "path" not in names:
@@ -224,7 +234,9 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
     Args:
         inputs: a list of paths, a manifest (``.txt``/``.csv``/``.parquet``,
             local or at a URI: read by Ray Data while the pipeline runs, never
-            loaded into the driver), or a ``ray.data.Dataset`` with a ``path``
+            loaded into the driver), a folder or a URI prefix (its videos,
+            sorted, listed by a task on the driver's node, then read the
+            same way), or a ``ray.data.Dataset`` with a ``path``
             column (its paths are collected first: its own stages may need
             the CPUs the pools take).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.

@@ -196,14 +196,23 @@ def list_uri(uri: str, extensions) -> list[str]:
 
 
 def resolve_inputs(inputs) -> list[str]:
-    """A list of paths (str or PathLike), or one manifest path -> list of str."""
+    """A list of paths (str or PathLike), one manifest, or one folder or URI
+    prefix (its videos, sorted) -> list of str."""
     if isinstance(inputs, (str, os.PathLike)):
-        if is_manifest(os.fspath(inputs)):
-            return read_manifest(os.fspath(inputs))
+        from .listing import is_listing, list_videos
+
+        spec = os.fspath(inputs)
+        if is_manifest(spec):
+            return read_manifest(spec)
+        if is_listing(spec):
+            paths = list_videos(spec)
+            if not paths:
+                raise ConfigError("inputs", redact(spec), "There are no video files under it.")
+            return paths
         raise ConfigError(
             "inputs",
-            os.fspath(inputs),
-            "Pass a list of video paths, or a manifest ending in "
+            spec,
+            "Pass a list of video paths, a folder, or a manifest ending in "
             + ", ".join(MANIFEST_SUFFIXES)
             + ".",
         )

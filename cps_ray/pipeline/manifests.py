@@ -109,8 +109,11 @@ class ManifestSource(Datasource):
     """
 
     def __init__(self, path: str | os.PathLike, videos_per_block: int = 8,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):  # fmt: skip
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, resolved: bool = False):  # fmt: skip
         self.path = os.fspath(path)
+        # resolved: entries are input paths already (a listing's, see
+        # cps_ray.pipeline.listing), kept as they are.
+        self.resolved = resolved
         self.kind = manifest_kind(self.path)
         self.base = manifest_base(self.path)
         self.videos_per_block = videos_per_block
@@ -197,10 +200,15 @@ class ManifestSource(Datasource):
 
     # --- read tasks -----------------------------------------------------------------
 
+    def _table(self, entries: list[str]) -> pa.Table:
+        if self.resolved:
+            return pa.table({"path": pa.array(entries, pa.string())})
+        return _entries_table(entries, self.base)
+
     def _blocks(self, entries: list[str]) -> Iterator[pa.Table]:
         step = self.videos_per_block
         for i in range(0, len(entries), step):
-            yield _entries_table(entries[i : i + step], self.base)
+            yield self._table(entries[i : i + step])
 
     def _read_text(self, start: int, end: int) -> Iterator[pa.Table]:
         with self.fs.open_input_file(self.inner) as f:
@@ -215,10 +223,10 @@ class ManifestSource(Datasource):
                 if row.get("path"):
                     batch.append(row["path"])
                 if len(batch) == self.videos_per_block:
-                    yield _entries_table(batch, self.base)
+                    yield self._table(batch)
                     batch = []
             if batch:
-                yield _entries_table(batch, self.base)
+                yield self._table(batch)
 
     def _read_parquet(self, group: int) -> Iterator[pa.Table]:
         import pyarrow.parquet as pq
@@ -230,13 +238,15 @@ class ManifestSource(Datasource):
             for batch in batches:
                 entries = [str(p) for p in batch.column(0).to_pylist() if p]
                 if entries:
-                    yield _entries_table(entries, self.base)
+                    yield self._table(entries)
 
 
-def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = None):
+def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = None,
+                          node_id: str | None = None):  # fmt: skip
     """The Ray dataset of ``source``'s paths (column ``path``), streamed;
     ``runtime_env`` for its read tasks (a store's credentials, as the stages
-    get them)."""
+    get them); ``node_id``: the node they must run on (a manifest in a local
+    folder of that node)."""
     import ray.data
 
     # Ray Data merges what a read task yields into one block, then cuts each
@@ -246,6 +256,10 @@ def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = Non
     blocks = max(source.read_tasks, -(-source.estimated_rows // source.videos_per_block))
     one_at_a_time = ray.data.TaskPoolStrategy(size=1)
     extra = {"runtime_env": runtime_env} if runtime_env else {}
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return ray.data.read_datasource(
         source, num_cpus=0, compute=one_at_a_time, override_num_blocks=blocks, **extra
     )

@@ -180,6 +180,21 @@ class WrittenOutput:
     def is_empty(self) -> bool:
         return not (self.shards or self.has_errors_file or self.manifest is not None)
 
+    @property
+    def is_settled(self) -> bool:
+        """A finished run's output, all of it described: a complete manifest
+        that lists every shard and counts every failure, an errors table, no
+        half-written file. A run with nothing new leaves it as it is."""
+        manifest = self.manifest
+        return (
+            manifest is not None
+            and manifest.get("complete", True)
+            and self.has_errors_file
+            and not self.temporaries
+            and manifest.get("shards") == list(self.shards)
+            and manifest.get("failed") == len(self.error_paths)
+        )
+
 
 def _shard_index(file: str) -> int:
     match = SHARD_NAME.fullmatch(file.rsplit("/", 1)[-1])

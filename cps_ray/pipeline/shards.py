@@ -94,6 +94,7 @@ def write_shards(
     resume: bool = False,
     skipped: int = 0,
     retry=(),
+    screened: bool = False,
 ) -> dict[str, Any]:
     """Write ``ds`` (a :func:`patch_dataset`) under ``out``; returns the manifest.
 
@@ -114,6 +115,13 @@ def write_shards(
             manifest is written (a streamed job counts them as it reads).
         retry: paths of the errors table that ``ds`` decodes again (with
             ``resume``): their new rows replace their old failures.
+        screened: ``ds`` already leaves out what ``out`` holds (a streamed
+            job's first stage does, see :mod:`cps_ray.jobs.admit`): the
+            output's paths are not read here too.
+
+    A run that brings no row writes nothing when the output holds no run
+    yet, or when it is settled (:attr:`WrittenOutput.is_settled`); the
+    manifest it returns has this run's counts.
 
     The run holds ``out``'s lock (:mod:`cps_ray.pipeline.lock`): a second run
     writing the same output at the same time is refused with a
@@ -140,10 +148,11 @@ def write_shards(
         raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard}")
     output = OutputRoot(out)
     with output_lock(output):
-        return _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry)
+        return _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry, screened)
 
 
-def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) -> dict[str, Any]:
+def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
+                  screened) -> dict[str, Any]:  # fmt: skip
     previous = read_output(output)
     if not resume and not previous.is_empty:
         raise OutputNotEmptyError(
@@ -153,7 +162,6 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) ->
     check_energy_rule(previous.manifest, output.given)
     for name in previous.temporaries:  # half-written files of a killed run
         output.delete(name)
-    output.fs.create_dir(output.path(SHARDS_DIR), recursive=True)
     start = time.time()
     first_index = previous.next_shard_index
     shards: list[dict[str, Any]] = []
@@ -161,7 +169,8 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) ->
     errors_reason: list[str] = []
     counts = {"ok": 0, "already": 0, "duplicates": 0}
     retry = frozenset(retry) & frozenset(previous.error_paths) if resume else frozenset()
-    done = done_set(output, previous, exclude=retry)  # old rows, not decoded again
+    # Old rows, not decoded again.
+    done = PathSet() if screened else done_set(output, previous, exclude=retry)
     written = PathSet()  # this run's rows
 
     def kept_errors() -> list[tuple[str, str]]:
@@ -191,8 +200,6 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) ->
             "versions": _versions(),
         }
 
-    # First the settings: a run killed before its end is resumed with them.
-    output.write_bytes(MANIFEST_FILE, json.dumps(manifest(False), indent=2).encode())
     pending: list[pa.Table] = []
     pending_rows = 0
 
@@ -211,7 +218,15 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) ->
     batches = (
         () if ds is None else ds.iter_batches(batch_size=rows_per_shard, batch_format="pyarrow")
     )
+    started = False
     for batch in batches:
+        if not batch.num_rows:
+            continue
+        if not started:
+            # First the settings: a run killed before its end is resumed with them.
+            output.fs.create_dir(output.path(SHARDS_DIR), recursive=True)
+            output.write_bytes(MANIFEST_FILE, json.dumps(manifest(False), indent=2).encode())
+            started = True
         errors = batch.column("error").to_pylist()
         paths = batch.column("path").to_pylist()
         old = done.contains(paths)
@@ -242,6 +257,8 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry) ->
     if pending_rows:
         flush(pending)
 
+    if not (started or retry) and (previous.is_empty or previous.is_settled):
+        return manifest(True)  # nothing new: the output is left as it is
     if errors_path or retry or not previous.has_errors_file:
         kept = kept_errors()
         output.write_table(
