@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import DecodeConfig, PatchStreamConfig, ResolvedBackends, resolve_backends
-from .decode import VideoFrames, decode_frames, default_ffmpeg_threads
+from .decode import VideoFrames, decode_frames, ffmpeg_threads_for
 from .errors import ConfigError, SessionClosedError
 from .select import select_video
 
@@ -87,7 +87,7 @@ def decode_only(config: DecodeConfig) -> DecodeResult:
         raise TypeError(f"decode_only() needs a DecodeConfig, got {type(config).__name__}")
     config.require_path()
     resolved = resolve_backends(config)
-    threads = config.ffmpeg_threads or default_ffmpeg_threads(1)
+    threads = ffmpeg_threads_for(config)
     return _decode(config, resolved, threads)
 
 
@@ -197,5 +197,5 @@ def patch_stream(config: PatchStreamConfig) -> PatchStream:
     if config.video_path is None:
         raise ConfigError("video_path", None, "patch_stream needs video_path set.")
     resolved = resolve_backends(config)
-    threads = config.ffmpeg_threads or default_ffmpeg_threads(1)
+    threads = ffmpeg_threads_for(config)
     return run_patch_stream(config, resolved, threads)

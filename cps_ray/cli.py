@@ -342,5 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The ``cps-ray`` console script: :func:`main`, with Ray's ray#53727
+    line dropped from stderr (see :mod:`cps_ray._stderr`)."""
+    from ._stderr import drop_ray_53727
+
+    drop_ray_53727()
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -44,6 +44,14 @@ _PROBE_CLIP = base64.b64decode(
 )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def cuda_device_count() -> int:
     """Number of CUDA devices visible to this process (0 without CUDA).
 

@@ -4,6 +4,7 @@ as one line with a non-zero exit."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,31 @@ def test_console_script(media):
     assert bad.stderr.strip().splitlines() == [
         f"cps-ray: error: {media['broken/empty.mp4']}: empty file (0 bytes)"
     ]
+
+
+def test_the_ray_53727_line_alone_is_dropped_from_stderr(tmp_path):
+    """The filter the entry points install: every other line, a child's, and
+    the traceback of an exception at exit still reach stderr."""
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "from cps_ray._stderr import drop_ray_53727\n"
+        "drop_ray_53727()\n"
+        "os.write(2, b'first line\\n')\n"
+        "os.write(2, b'[E core_worker.cc:2465] Actor ... See '\n"
+        "         b'https://github.com/ray-project/ray/issues/53727 for more details.\\n')\n"
+        "print('a python line', file=sys.stderr)\n"
+        "subprocess.run([sys.executable, '-c', \"import os; os.write(2, b'child line\\\\n')\"])\n"
+        "os.write(2, b'no newline at the end')\n"
+        "raise RuntimeError('boom at exit')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    for line in ("first line", "a python line", "child line", "no newline at the end",
+                 "RuntimeError: boom at exit"):  # fmt: skip
+        assert line in done.stderr
+    assert "issues/53727" not in done.stderr
+    kept = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "CPS_RAY_KEEP_RAY_LOG": "1"})  # fmt: skip
+    assert "issues/53727" in kept.stderr

@@ -76,6 +76,7 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
         log = first.stdout + first.stderr
         assert first.returncode == 0, log[-4000:]
         assert "this run: 2 ok, 2 failed, 0 skipped, 2 new shards" in log
+        assert "issues/53727" not in log  # Ray's line about constructor arguments
 
         manifest = json.loads((out / "manifest.json").read_text())
         assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (4, 2, 2)
@@ -97,7 +98,7 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
         again = _submit(head.dashboard_url, head.env, *args, "--resume")
         log = again.stdout + again.stderr
         assert again.returncode == 0, log[-4000:]
-        assert "4 inputs, 4 already in the output (skipped), 0 to process" in log
+        assert "4 inputs, 4 already in the output (skipped), 0 processed" in log
         assert _snapshot(out) == before  # nothing new written, nothing rewritten
 
         # a wrong token, and no token at all, are refused before any job starts
@@ -128,6 +129,7 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     alone = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "this run: 1 ok, 1 failed" in alone.stdout
+    assert "issues/53727" not in alone.stderr
     shard0 = (out / "shards" / "shard-00000.parquet").read_bytes()
 
     # Without --resume an output that holds a run is refused; so are other settings.

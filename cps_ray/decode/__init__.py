@@ -40,7 +40,13 @@ from .planned import decode_planned
 from .resize import resized_dims
 from .routes import decode_routes
 
-__all__ = ["VideoFrames", "decode_frames", "default_ffmpeg_threads", "resized_dims"]
+__all__ = [
+    "VideoFrames",
+    "decode_frames",
+    "default_ffmpeg_threads",
+    "ffmpeg_threads_for",
+    "resized_dims",
+]
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,15 @@ class VideoFrames:
 
 def default_ffmpeg_threads(concurrent_videos: int = 1) -> int:
     """FFmpeg threads per video so ``concurrent_videos`` decodes fill the cores once."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, concurrent_videos))
+    from ..devices import usable_cores
+
+    return max(1, usable_cores() // max(1, concurrent_videos))
+
+
+def ffmpeg_threads_for(config, concurrent_videos: int = 1) -> int:
+    """FFmpeg threads per video: ``config.ffmpeg_threads`` when set, else
+    :func:`default_ffmpeg_threads` for ``concurrent_videos`` decodes at once."""
+    return config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
 
 
 def decode_frames(

@@ -7,23 +7,16 @@ scale over cores; FFmpeg's own threads per video are set so that
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..config import PatchStreamConfig
+from ..devices import usable_cores
 from .inputs import resolve_inputs
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS
 from .worker import make_worker
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def local_stream(
@@ -55,7 +48,7 @@ def local_stream(
     node cannot run (explicit ``gpu`` without CUDA) raises before any row.
     """
     paths = resolve_inputs(inputs)
-    workers = num_workers if num_workers is not None else _default_workers()
+    workers = num_workers if num_workers is not None else usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         from ..errors import ConfigError
 

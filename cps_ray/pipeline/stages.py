@@ -16,7 +16,7 @@ import numpy as np
 
 from ..api import decode_with
 from ..config import PatchStreamConfig, resolve_decode, resolve_process_backend
-from ..decode import default_ffmpeg_threads
+from ..decode import ffmpeg_threads_for
 from ..devices import cuda_available, processes_per_gpu, size_nvdec_cache, torch_device
 from ..select import select_video
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
@@ -97,7 +97,7 @@ class DecodeStage:
         self.decode_backend, self.fallback = resolve_decode(
             config.decode_backend, config.decode_device_id
         )
-        threads = ffmpeg_threads or config.ffmpeg_threads or default_ffmpeg_threads(1)
+        threads = ffmpeg_threads or ffmpeg_threads_for(config)
         per_gpu = processes_per_gpu(gpu_share)
         if isolation == "process":
             self.isolated = IsolatedWorker(

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..api import run_patch_stream
 from ..config import PatchStreamConfig, resolve_backends
-from ..decode import default_ffmpeg_threads
+from ..decode import default_ffmpeg_threads, ffmpeg_threads_for
 from ..devices import size_nvdec_cache
 from ..errors import ConfigError
 from .isolation import IsolatedPool, check_isolation
@@ -61,7 +61,7 @@ class VideoWorker:
         # Resolved on this node, when the worker starts; an explicit gpu that
         # cannot run here fails now, for the whole run, not per video.
         self.resolved = resolve_backends(config)
-        self.num_threads = config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
+        self.num_threads = ffmpeg_threads_for(config, concurrent_videos)
         warm_up(self.resolved, config, processes_per_gpu)
 
     def __call__(self, path: str) -> dict[str, Any]:
