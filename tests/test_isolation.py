@@ -108,6 +108,40 @@ def _raise(message):
     raise RuntimeError(message)
 
 
+def _crashes_or_echoes(item):
+    if item == "crash":
+        os.abort()
+    return item.upper()
+
+
+def _target_unless(refuse_file):
+    """A child's target, unless ``refuse_file`` exists (an import that fails
+    under memory pressure, say)."""
+    if os.path.exists(refuse_file):
+        raise MemoryError("cannot import the decoders now")
+    return _crashes_or_echoes
+
+
+def test_child_that_cannot_restart_costs_a_video_not_the_run(tmp_path):
+    refuse = tmp_path / "refuse"
+    worker = IsolatedWorker(functools.partial(_target_unless, str(refuse)), timeout_s=30,
+                            max_attempts=2)  # fmt: skip
+    worker.start_backoff_s = 0.01
+    try:
+        assert worker.run("a") == (True, "A")
+        refuse.touch()  # from now on a new child cannot start
+        ok, reason = worker.run("crash")
+        assert not ok and reason.startswith("crash: a decoder process could not start: ")
+        assert "MemoryError: cannot import the decoders now" in reason
+        ok, reason = worker.run("b")  # tried again, after a pause: the video fails alone
+        assert not ok and "could not start" in reason
+        assert (worker.restarts["crashed"], worker.restarts["start_failed"]) == (1, 2)
+        refuse.unlink()
+        assert worker.run("c") == (True, "C")  # a fresh child once it can start
+    finally:
+        worker.close()
+
+
 class _Unpicklable:
     def __reduce__(self):
         raise TypeError("cannot pickle this factory")

@@ -57,7 +57,8 @@ MAX_LISTED_FAILURES = 20
 
 # Failures a later run may cure: deadlines, crashed or killed decoders, remote I/O.
 TRANSIENT_REASONS = ("timed out", "the decoder process died", "decoder process was killed",
-                     "did not start", "remote read failed", "cannot read the file")  # fmt: skip
+                     "did not start", "could not start", "died while starting",
+                     "remote read failed", "cannot read the file")  # fmt: skip
 
 
 def is_transient(reason: str) -> bool:

@@ -13,6 +13,10 @@ per-video work runs in a child process the worker owns:
 - a video that takes longer than ``decode_timeout_s`` (plus a grace period
   for the decoder's own, cooperative check) has its child killed and is an
   error row; it is not retried, a hang is rarely transient;
+- a child that cannot be started again during a run (its imports failing
+  under memory pressure, a start-up timeout) makes the video an error row,
+  and the next video starts a fresh child after a growing pause: a run never
+  ends on it (only the first start, before any video, raises);
 - a child notices when its parent is gone and exits, so a killed actor
   leaves no decoder behind.
 
@@ -53,6 +57,11 @@ STARTUP_TIMEOUT_S = 300.0
 # error; the child is killed only if it has not answered this much later.
 MAX_GRACE_S = 5.0
 CHILD_MODULE = "cps_ray.pipeline._isolated_child"
+# A child that cannot be started again (its imports failing under memory
+# pressure, a start-up timeout): the video is an error row, and the next
+# start waits 1, 2, 4... s, at most 60 s, until a start succeeds.
+START_BACKOFF_S = 1.0
+MAX_START_BACKOFF_S = 60.0
 
 
 def check_isolation(isolation: object, max_attempts: object) -> None:
@@ -105,7 +114,9 @@ class IsolatedWorker:
         self._conn: Connection | None = None
         self._ready = False
         # Children this worker had to replace, by cause (for tests and logs).
-        self.restarts = {"crashed": 0, "timed_out": 0}
+        self.restarts = {"crashed": 0, "timed_out": 0, "start_failed": 0}
+        self.start_backoff_s = START_BACKOFF_S
+        self._failed_starts = 0  # in a row; the next start waits for them
 
     # -- child lifecycle ----------------------------------------------------------
 
@@ -185,6 +196,20 @@ class IsolatedWorker:
             proc.kill()
             return proc.wait()
 
+    def _restart(self) -> None:
+        """:meth:`start`, after a pause that grows with the starts that failed in a row."""
+        if self._proc is not None and self._ready:
+            return
+        if self._failed_starts:
+            pause = self.start_backoff_s * 2 ** (self._failed_starts - 1)
+            time.sleep(min(pause, MAX_START_BACKOFF_S))
+        try:
+            self.start()
+        except IsolationError:
+            self._failed_starts += 1
+            raise
+        self._failed_starts = 0
+
     def close(self) -> None:
         """Stop the child (it is also stopped when this process exits)."""
         self._stop(kill=False)
@@ -207,7 +232,11 @@ class IsolatedWorker:
         limit = hard_timeout(self.timeout_s)
         name = printable_path(str(item))
         for _ in range(self.max_attempts):
-            self.start()
+            try:
+                self._restart()
+            except IsolationError as err:
+                self.restarts["start_failed"] += 1
+                return False, f"{name}: {' '.join(str(err).split())}"
             conn = self._conn
             try:
                 conn.send(item)
