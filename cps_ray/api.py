@@ -55,8 +55,9 @@ def decode_with(config: DecodeConfig, path: str, device: str, num_threads: int) 
     )
 
 
-def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int) -> DecodeResult:
-    path = config.require_path()
+def _decode(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int,
+            path: str | None = None) -> DecodeResult:  # fmt: skip
+    path = config.require_path() if path is None else path
     start = time.perf_counter()
     out = decode_with(config, path, resolved.decode_device, num_threads)
     # Only auto falls back (a file NVDEC cannot decode); the result says so.
@@ -171,10 +172,11 @@ class PatchStream:
 
 
 def run_patch_stream(
-    config: PatchStreamConfig, resolved: ResolvedBackends, num_threads: int
+    config: PatchStreamConfig, resolved: ResolvedBackends, num_threads: int, path: str | None = None
 ) -> PatchStream:
-    """Decode and select with backends already resolved (workers call this)."""
-    decoded = _decode(config, resolved, num_threads)
+    """Decode and select ``path`` (default: ``config.video_path``) with
+    backends already resolved: workers call this, one config for every video."""
+    decoded = _decode(config, resolved, num_threads, path)
     start = time.perf_counter()
     frames = decoded.frames
     if resolved.process_device != decoded.decode_device:

@@ -337,3 +337,24 @@ def test_retry_failed_decodes_again_only_what_a_rerun_may_cure(tmp_path):
     assert manifest["ok"] == 4 and manifest["failed"] == 1 and manifest["run"]["ok"] == 1
     with pytest.raises(Exception, match="--retry-failed needs --resume"):
         run_preprocess(listed, out, CFG, retry_failed=True, log=lambda *a: None)
+
+
+def test_failures_past_the_memory_limit_wait_in_a_spill_file(tmp_path, monkeypatch):
+    """A run's failures beyond FAILURES_IN_MEMORY go to a local file until the
+    errors table is written: the same table, byte for byte, and the file gone."""
+    import glob
+    import tempfile
+
+    import cps_ray.pipeline.shards as shards
+
+    paths, errors = _paths_and_errors(12, failing=(0, 1, 2, 4, 5, 7, 8, 11))
+    write_shards(RowsDataset(paths, errors), tmp_path / "kept", rows_per_shard=2)
+    spills = os.path.join(tempfile.gettempdir(), "cps_ray-failures-*")
+    before = set(glob.glob(spills))
+    monkeypatch.setattr(shards, "FAILURES_IN_MEMORY", 3)
+    manifest = write_shards(RowsDataset(paths, errors), tmp_path / "spilled", rows_per_shard=2)
+    assert manifest["failed"] == 8 and manifest["ok"] == 4
+    table = pq.read_table(tmp_path / "spilled" / "errors.parquet")
+    assert table.column("path").to_pylist() == [p for p, e in zip(paths, errors) if e]
+    assert _files(tmp_path / "spilled") == _files(tmp_path / "kept")
+    assert set(glob.glob(spills)) == before

@@ -122,6 +122,32 @@ class OutputRoot:
         """Write ``table`` as Parquet; see :meth:`write_bytes`."""
         self._write(relative, lambda f: pq.write_table(table, f))
 
+    def write_tables(self, relative: str, schema: pa.Schema, tables,
+                     rows_per_group: int = 2**16) -> None:  # fmt: skip
+        """Write the ``tables`` (an iterable, read once) as one Parquet file in
+        row groups of ``rows_per_group`` rows, never all in memory: the same
+        rows give the same bytes however they were cut. See :meth:`write_bytes`."""
+
+        def write(f) -> None:
+            with pq.ParquetWriter(f, schema) as writer:
+                pending: list[pa.Table] = []
+                rows = 0
+                for table in tables:
+                    if table.num_rows:
+                        pending.append(table.cast(schema))
+                        rows += table.num_rows
+                    while rows >= rows_per_group:
+                        merged = pa.concat_tables(pending)
+                        writer.write_table(merged.slice(0, rows_per_group))
+                        rest = merged.slice(rows_per_group)
+                        pending, rows = [rest], rest.num_rows
+                if rows:
+                    writer.write_table(pa.concat_tables(pending))
+                elif not pending:  # no rows at all: one empty row group, as write_table
+                    writer.write_table(schema.empty_table())
+
+        self._write(relative, write)
+
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write ``data`` under a temporary name, then move it into place: the
         final name only ever holds a whole file."""

@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,74 @@ def _versions() -> dict[str, str]:
 
 def _errors_table(paths: list[str], reasons: list[str]) -> pa.Table:
     return pa.table({"path": pa.array(paths, pa.string()), "error": pa.array(reasons, pa.string())})
+
+
+# A run's failures held in memory before they go to a local spill file.
+FAILURES_IN_MEMORY = 10_000
+
+
+class FailureLog:
+    """This run's failures (path, reason) in arrival order, at most
+    :data:`FAILURES_IN_MEMORY` of them in memory: the rest wait in a Parquet
+    file of this node's temporary folder until the errors table is written."""
+
+    def __init__(self):
+        self.count = 0
+        self._paths: list[str] = []
+        self._reasons: list[str] = []
+        self._spill: str | None = None
+        self._writer = None
+
+    def add(self, path: str, reason: str) -> None:
+        self._paths.append(path)
+        self._reasons.append(reason)
+        self.count += 1
+        if len(self._paths) >= FAILURES_IN_MEMORY:
+            self._write_spill()
+
+    def _write_spill(self) -> None:
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        table = _errors_table(self._paths, self._reasons)
+        if self._writer is None:
+            fd, self._spill = tempfile.mkstemp(prefix="cps_ray-failures-", suffix=".parquet")
+            os.close(fd)
+            # Deleted however the run ends (close(), an exception, the driver's exit).
+            self._finalizer = weakref.finalize(self, _remove_quietly, self._spill)
+            self._writer = pq.ParquetWriter(self._spill, table.schema)
+        self._writer.write_table(table)
+        self._paths, self._reasons = [], []
+
+    def tables(self):
+        """The failures, as tables in arrival order (the spill file read a row group at a time)."""
+        import pyarrow.parquet as pq
+
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._spill is not None:
+            spilled = pq.ParquetFile(self._spill)
+            for group in range(spilled.num_row_groups):
+                yield spilled.read_row_group(group)
+        if self._paths:
+            yield _errors_table(self._paths, self._reasons)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._spill is not None:
+            self._finalizer()
+            self._spill = None
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def write_shards(
@@ -165,8 +234,7 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
     start = time.time()
     first_index = previous.next_shard_index
     shards: list[dict[str, Any]] = []
-    errors_path: list[str] = []
-    errors_reason: list[str] = []
+    failures = FailureLog()
     counts = {"ok": 0, "already": 0, "duplicates": 0}
     retry = frozenset(retry) & frozenset(previous.error_paths) if resume else frozenset()
     # Old rows, not decoded again.
@@ -181,15 +249,15 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
     def manifest(complete: bool) -> dict[str, Any]:
         left_out = skipped() if callable(skipped) else skipped
         return {
-            "inputs": left_out + counts["already"] + counts["ok"] + len(errors_path),
+            "inputs": left_out + counts["already"] + counts["ok"] + failures.count,
             "skipped": left_out + counts["already"],
             "ok": previous.ok_rows + counts["ok"],
-            "failed": len(kept_errors()) + len(errors_path),
+            "failed": len(kept_errors()) + failures.count,
             "shards": list(previous.shards) + shards,
             "errors": ERRORS_FILE,
             "run": {
                 "ok": counts["ok"],
-                "failed": len(errors_path),
+                "failed": failures.count,
                 "new_shards": [s["file"] for s in shards],
             },
             "duplicate_rows": counts["duplicates"],
@@ -239,8 +307,7 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
             elif not next(fresh):
                 counts["duplicates"] += 1
             elif err:
-                errors_path.append(path)
-                errors_reason.append(err)
+                failures.add(path, err)
             else:
                 good[i] = True
         if good.any():
@@ -259,12 +326,11 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
 
     if not (started or retry) and (previous.is_empty or previous.is_settled):
         return manifest(True)  # nothing new: the output is left as it is
-    if errors_path or retry or not previous.has_errors_file:
+    if failures.count or retry or not previous.has_errors_file:
         kept = kept_errors()
-        output.write_table(
-            ERRORS_FILE,
-            _errors_table([p for p, _ in kept] + errors_path, [r for _, r in kept] + errors_reason),
-        )
+        old = _errors_table([p for p, _ in kept], [r for _, r in kept])
+        output.write_tables(ERRORS_FILE, old.schema, [old, *failures.tables()])
+    failures.close()
     final = manifest(True)
     output.write_bytes(MANIFEST_FILE, json.dumps(final, indent=2).encode())
     return final

@@ -66,8 +66,7 @@ class VideoWorker:
 
     def __call__(self, path: str) -> dict[str, Any]:
         try:
-            cfg = self.config.__class__(**{**_fields(self.config), "video_path": path})
-            with run_patch_stream(cfg, self.resolved, self.num_threads) as session:
+            with run_patch_stream(self.config, self.resolved, self.num_threads, path) as session:
                 return success_row(session)
         except Exception as err:  # every failure becomes an error row
             return error_row(
@@ -78,12 +77,6 @@ class VideoWorker:
                 self.resolved.process_backend,
                 self.resolved.decode_fallback,
             )
-
-
-def _fields(config) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 def share_cores(threads: int) -> None:
