@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -52,6 +53,17 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_ffmpeg_threads(concurrent_videos: int = 1) -> int:
+    """FFmpeg threads per video so ``concurrent_videos`` decodes fill the cores once."""
+    return max(1, usable_cores() // max(1, concurrent_videos))
+
+
+def ffmpeg_threads_for(config, concurrent_videos: int = 1) -> int:
+    """FFmpeg threads per video: ``config.ffmpeg_threads`` when set, else
+    :func:`default_ffmpeg_threads` for ``concurrent_videos`` decodes at once."""
+    return config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
+
+
 def cuda_device_count() -> int:
     """Number of CUDA devices visible to this process (0 without CUDA).
 
@@ -71,11 +83,25 @@ def cuda_device_count() -> int:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
             return len([d for d in visible.split(",") if d.strip()])
         return int(fake)
+    if _no_cuda_here():
+        return 0
     import torch
 
     if not torch.cuda.is_available():
         return 0
     return int(torch.cuda.device_count())
+
+
+def _no_cuda_here() -> bool:
+    """No CUDA device can be seen, known without importing torch (2-3 s):
+    ``CUDA_VISIBLE_DEVICES`` hides them all (a Ray actor given no GPU), or
+    a Linux machine has no NVIDIA driver node (``/dev/nvidiactl``; WSL's GPU
+    is ``/dev/dxg``)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return sys.platform.startswith("linux") and not any(
+        os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/dxg")
+    )
 
 
 def cuda_available() -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import faults
+from ..devices import default_ffmpeg_threads, ffmpeg_threads_for  # noqa: F401  (re-exported)
 from ..errors import DecodeError
 from ..guards import FATAL_OPEN, Limits, check_file, declared_size, open_reason, short_reason
 from ..remote import is_remote, local_copy, redact
@@ -80,19 +81,6 @@ class VideoFrames:
             raise ValueError("frame_indices must be int64 [T]")
         if tuple(self.timestamps.shape) != (t,) or self.timestamps.dtype != torch.float64:
             raise ValueError("timestamps must be float64 [T]")
-
-
-def default_ffmpeg_threads(concurrent_videos: int = 1) -> int:
-    """FFmpeg threads per video so ``concurrent_videos`` decodes fill the cores once."""
-    from ..devices import usable_cores
-
-    return max(1, usable_cores() // max(1, concurrent_videos))
-
-
-def ffmpeg_threads_for(config, concurrent_videos: int = 1) -> int:
-    """FFmpeg threads per video: ``config.ffmpeg_threads`` when set, else
-    :func:`default_ffmpeg_threads` for ``concurrent_videos`` decodes at once."""
-    return config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
 
 
 def decode_frames(

@@ -11,14 +11,17 @@ and :func:`row_patches` gives the torch tensor back bit-exactly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..api import PatchStream
 from ..config import PatchStreamConfig
 from ..errors import CpsRayError
+
+if TYPE_CHECKING:  # torch is imported where tensors are: a decode actor needs none
+    import torch
+
+    from ..core import PatchStream
 from .inputs import local_path, row_path, transport_path  # noqa: F401  (re-exported)
 
 STORAGE = {"fp32": np.float32, "fp16": np.float16}
@@ -42,6 +45,8 @@ NULLABLE_STRING_COLUMNS = ("device_fallback", "error")
 
 
 def patches_to_numpy(patches: torch.Tensor) -> np.ndarray:
+    import torch
+
     patches = patches.detach().cpu().contiguous()
     if patches.dtype == torch.bfloat16:
         return patches.view(torch.int16).numpy().view(np.uint16)
@@ -50,6 +55,8 @@ def patches_to_numpy(patches: torch.Tensor) -> np.ndarray:
 
 def row_patches(row: dict[str, Any]) -> torch.Tensor:
     """``patches`` of a row as a torch tensor in its ``output_dtype`` (bf16 restored)."""
+    import torch
+
     arr = np.asarray(row["patches"])
     if row["patches_dtype"] == "bf16":
         return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
@@ -86,7 +93,7 @@ def make_row(
 
 
 def _host_array(values, dtype) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if hasattr(values, "detach"):  # a torch tensor, on any device
         values = values.detach().cpu().numpy()
     return np.array(values, dtype=dtype)  # a copy: rows own their arrays
 

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..api import decode_with
 from ..config import PatchStreamConfig, resolve_decode, resolve_process_backend
-from ..decode import ffmpeg_threads_for
-from ..devices import cuda_available, processes_per_gpu, size_nvdec_cache, torch_device
-from ..select import select_video
+from ..devices import (
+    cuda_available,
+    ffmpeg_threads_for,
+    processes_per_gpu,
+    size_nvdec_cache,
+    torch_device,
+)
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
 from .rows import (
     error_reason,
@@ -55,6 +58,8 @@ class FrameDecoder:
             size_nvdec_cache(processes_per_gpu)
 
     def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        from ..core import decode_with
+
         out = decode_with(self.config, path, self.device, self.num_threads)
         return (
             out.frames.cpu().numpy(),
@@ -187,6 +192,8 @@ class SelectStage:
         return "gpu" if decode_backend == "gpu" and self.has_cuda else "cpu"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..select import select_video
+
         cfg = self.config
         rows: list[dict[str, Any]] = []
         for i, path in enumerate(_paths(batch)):

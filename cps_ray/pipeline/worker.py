@@ -9,13 +9,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..api import run_patch_stream
 from ..config import PatchStreamConfig, resolve_backends
-from ..decode import default_ffmpeg_threads, ffmpeg_threads_for
-from ..devices import size_nvdec_cache
+from ..devices import default_ffmpeg_threads, ffmpeg_threads_for, size_nvdec_cache
 from ..errors import ConfigError
 from .isolation import IsolatedPool, check_isolation
-from .rows import error_row, success_row
+from .rows import error_row
 
 
 def check_stream_config(config: PatchStreamConfig) -> None:
@@ -65,18 +63,9 @@ class VideoWorker:
         warm_up(self.resolved, config, processes_per_gpu)
 
     def __call__(self, path: str) -> dict[str, Any]:
-        try:
-            with run_patch_stream(self.config, self.resolved, self.num_threads, path) as session:
-                return success_row(session)
-        except Exception as err:  # every failure becomes an error row
-            return error_row(
-                path,
-                err,
-                self.config,
-                self.resolved.decode_backend,
-                self.resolved.process_backend,
-                self.resolved.decode_fallback,
-            )
+        from ..core import video_row
+
+        return video_row(self.config, self.resolved, self.num_threads, path)
 
 
 def share_cores(threads: int) -> None:
