@@ -1,0 +1,78 @@
+"""Time to the first row of ``patch_dataset``: the pools' start-up.
+
+Each run is a fresh process that starts a local Ray (2 CPUs; not timed),
+then builds ``patch_dataset`` over the sample videos and times its first row
+and its last. ``--checkout DIR`` runs the code of another checkout (a
+``git worktree`` of an older commit) instead of this one, alternating with
+this one, so both see the same machine.
+
+    python benchmark/benchmark_first_row.py --runs 3
+    git worktree add /tmp/before HEAD~3
+    python benchmark/benchmark_first_row.py --runs 3 --checkout /tmp/before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+import ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from cps_ray import PatchStreamConfig, patch_dataset
+cfg = PatchStreamConfig(sequence_length=16, input_size=224, patch_size=16, k_keep=256)
+start = time.perf_counter()
+first = None
+rows = 0
+for batch in patch_dataset(sys.argv[1:], cfg).iter_batches(batch_size=1, batch_format="pyarrow"):
+    rows += batch.num_rows
+    if first is None:
+        first = time.perf_counter() - start
+print(json.dumps({"first_row_s": first, "all_s": time.perf_counter() - start, "rows": rows}))
+"""
+
+
+def run_once(code: Path, videos: list[str]) -> dict:
+    time.sleep(5)  # the last run's Ray processes are still exiting
+    env = dict(os.environ, PYTHONPATH=str(code), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", CHILD, *videos], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--checkout", type=Path, help="another checkout to compare against")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from cps_ray.media import make_sample_videos
+
+    videos = make_sample_videos(REPO / ".cache" / "demo_videos")
+    codes = {"this": REPO} | ({"other": args.checkout.resolve()} if args.checkout else {})
+    results: dict[str, list[dict]] = {name: [] for name in codes}
+    for _ in range(args.runs):
+        for name, code in codes.items():
+            results[name].append(run_once(code, videos))
+            print(name, json.dumps(results[name][-1]), flush=True)
+    for name, runs in results.items():
+        first = statistics.median(r["first_row_s"] for r in runs)
+        every = statistics.median(r["all_s"] for r in runs)
+        print(f"{name} ({codes[name]}): median first row {first:.2f} s, all {len(videos)} "
+              f"rows {every:.2f} s over {len(runs)} runs")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
