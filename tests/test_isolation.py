@@ -265,7 +265,7 @@ def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session
 def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media, tmp_path):
     """The job's output: inputs = ok rows (shards) + error rows, no duplicates."""
     from cps_ray.jobs import run_preprocess
-    from cps_ray.pipeline.shards import iter_shard_paths, read_output
+    from cps_ray.pipeline.shards import iter_shard_paths, read_errors, read_output
 
     broken = sorted(n for n in media if n.startswith("broken/"))
     names = GOOD + broken
@@ -282,11 +282,11 @@ def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media
         runtime_env={"env_vars": {CRASH_ENV: "vp9.webm"}},
     )
     written = read_output(str(out))
-    errors = dict(zip(written.error_paths, written.error_reasons))
+    errors = dict(read_errors(str(out)))
     in_shards = [p for paths in iter_shard_paths(str(out), written) for p in paths]
     shard_paths = set(in_shards)
     assert len(shard_paths) == len(in_shards)  # no row written twice
-    assert len(errors) == len(written.error_paths)
+    assert len(errors) == written.error_rows
     inputs = {str(media[n]) for n in names}
     assert (result["inputs"], result["ok"], result["failed"]) == (
         len(names),

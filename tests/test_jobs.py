@@ -75,6 +75,7 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
         first = _submit(head.dashboard_url, head.env, *args)
         log = first.stdout + first.stderr
         assert first.returncode == 0, log[-4000:]
+        assert "listed by a task" in log
         assert "this run: 2 ok, 2 failed, 0 skipped, 2 new shards" in log
         assert "issues/53727" not in log  # Ray's line about constructor arguments
 

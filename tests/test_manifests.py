@@ -184,14 +184,9 @@ def _video_folder(media, root):
 
 
 def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, monkeypatch):
-    """A folder is listed by a task into a file the dataset reads; the file
-    goes with the dataset."""
-    import gc
-    import glob
-    import os
-    import tempfile
-
+    """A folder is listed by a task whose table stays in the object store."""
     import cps_ray.pipeline.listing
+    import cps_ray.pipeline.manifests
     from cps_ray import local_stream, patch_dataset
 
     folder = _video_folder(media, tmp_path / "videos")
@@ -202,21 +197,14 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
         raise AssertionError("the driver listed the folder")
 
     monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
-    listings = os.path.join(tempfile.gettempdir(), "cps_ray-listing-*")
-    before = set(glob.glob(listings))
-    ds = patch_dataset(str(folder), CFG)
-    assert len(set(glob.glob(listings)) - before) == 1  # listed by the task, kept with ds
-    rows = ds.take_all()
-    assert [r["path"] for r in rows] == expected
+    monkeypatch.setattr(cps_ray.pipeline.manifests, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.pipeline.manifests, "LISTING_ROWS_PER_TASK", 2)
+    rows = patch_dataset(str(folder), CFG).take_all()
+    assert [r["path"] for r in rows] == expected  # two read tasks, in order
     assert [r["error"] is None for r in rows] == [True, True, False]
-    del ds
-    gc.collect()
-    assert set(glob.glob(listings)) == before
-
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no video files under it"):
         patch_dataset(str(tmp_path / "empty"), CFG)
-    assert set(glob.glob(listings)) == before
 
 
 def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp_path,
@@ -228,12 +216,14 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
 
     import cps_ray.jobs.inputs
     import cps_ray.pipeline.listing
+    import cps_ray.pipeline.manifests
     from cps_ray.jobs import JobError, run_preprocess
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the folder")
 
     monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.pipeline.manifests, "list_videos", refuse)
     monkeypatch.setattr(cps_ray.jobs.inputs, "find_inputs", refuse)
     folder = _video_folder(media, tmp_path / "videos")
     out = tmp_path / "out"

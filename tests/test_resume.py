@@ -27,6 +27,7 @@ from cps_ray.pipeline.shards import (
     OutputNotEmptyError,
     done_set,
     iter_shard_paths,
+    read_errors,
     read_output,
     write_shards,
 )
@@ -132,7 +133,7 @@ def test_every_path_is_written_once(tmp_path):
     manifest = write_shards(ds, out, rows_per_shard=2)
     written = read_output(out)
     assert _flat_paths(out) == [paths[0], paths[1], paths[3], paths[4]]
-    assert list(written.error_paths) == [paths[2]]
+    assert [p for p, _ in read_errors(out)] == [paths[2]] and written.error_rows == 1
     assert manifest["duplicate_rows"] == 3
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (5, 4, 1)
     assert manifest["complete"] is True
@@ -332,7 +333,7 @@ def test_retry_failed_decodes_again_only_what_a_rerun_may_cure(tmp_path):
     manifest = write_shards(RowsDataset([paths[1]]), out, rows_per_shard=2, config=CFG,
                             resume=True, retry=plan.retry)  # fmt: skip
     written = read_output(out)
-    assert written.error_paths == (paths[3],)
+    assert [p for p, _ in read_errors(out)] == [paths[3]] and written.error_rows == 1
     assert sorted(_flat_paths(out)) == [paths[0], paths[1], paths[2], paths[4]]
     assert manifest["ok"] == 4 and manifest["failed"] == 1 and manifest["run"]["ok"] == 1
     with pytest.raises(Exception, match="--retry-failed needs --resume"):
@@ -358,3 +359,25 @@ def test_failures_past_the_memory_limit_wait_in_a_spill_file(tmp_path, monkeypat
     assert table.column("path").to_pylist() == [p for p, e in zip(paths, errors) if e]
     assert _files(tmp_path / "spilled") == _files(tmp_path / "kept")
     assert set(glob.glob(spills)) == before
+
+
+def test_errors_table_in_row_groups_is_resumed_a_group_at_a_time(tmp_path, monkeypatch):
+    """An errors table of several row groups: a resume with --retry-failed
+    replaces the retried failures and keeps the others, in order."""
+    import cps_ray.pipeline.shards as shards
+
+    monkeypatch.setattr(shards, "ERRORS_ROW_GROUP", 3)
+    out = tmp_path / "out"
+    paths = [f"/videos/v{i:02d}.mp4" for i in range(10)]
+    errors = [f"{p}: timed out" if i % 2 else f"{p}: not a video" for i, p in enumerate(paths)]
+    errors[0] = None
+    write_shards(RowsDataset(paths, errors), out, rows_per_shard=4)
+    assert pq.ParquetFile(out / "errors.parquet").num_row_groups == 3  # 9 failures
+    retry = [p for p, e in zip(paths, errors) if e and "timed out" in e]  # v01 v03 ... v09
+    again = [None, "timed out again"] + [None] * 3
+    manifest = write_shards(RowsDataset(retry, again), out, rows_per_shard=4, resume=True,
+                            retry=retry)  # fmt: skip
+    kept = [(p, e) for p, e in zip(paths, errors) if e and p not in retry]
+    assert read_errors(out) == kept + [(retry[1], "timed out again")]
+    assert manifest["failed"] == len(kept) + 1 and manifest["ok"] == 1 + 4
+    assert read_output(out).error_rows == manifest["failed"]

@@ -8,6 +8,7 @@ connecting to Ray, running under the output's lock, and the summaries.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -26,7 +27,7 @@ from ..pipeline.shards import (
     WrittenOutput,
     check_energy_rule,
     done_set,
-    read_errors,
+    iter_errors,
     read_output,
     write_shards,
 )
@@ -143,8 +144,7 @@ def plan_preprocess(
         return PreprocessPlan(tuple(inputs), tuple(inputs), out, resume, written)
     retry = set()
     if retry_failed:
-        pairs = zip(written.error_paths, written.error_reasons)
-        retry = {path for path, reason in pairs if is_transient(reason)}
+        retry = {path for path, reason in iter_errors(out, written) if is_transient(reason)}
     shown = [row_path(p) for p in inputs]
     done = done_set(out, written, exclude=retry).contains(shown)
     todo = [p for p, d in zip(inputs, done) if not d]
@@ -268,7 +268,7 @@ def _run_streamed(spec, output, config, rows_per_shard, resume, retry_failed, ad
     out, written = _check_output(output, config, resume)
     retry = frozenset()
     if retry_failed:
-        pairs = zip(written.error_paths, written.error_reasons)
+        pairs = iter_errors(out, written)
         retry = frozenset(path for path, reason in pairs if is_transient(reason))
     log(
         f"preprocess: {where}"
@@ -330,9 +330,12 @@ def summarize_preprocess(manifest: dict[str, Any], output: str) -> str:
 
 
 def _new_failures(output: str, count: int) -> list[tuple[str, str]]:
+    """The first failures of this run (the last ``count`` rows of the errors table)."""
     if count == 0:
         return []
-    return read_errors(output)[-count:][:MAX_LISTED_FAILURES]
+    written = read_output(output)
+    start = max(written.error_rows - count, 0)
+    return list(itertools.islice(iter_errors(output, written), start, start + MAX_LISTED_FAILURES))
 
 
 def preprocess_from_args(args: argparse.Namespace, log=print) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from ..errors import ConfigError, DeviceUnavailableError
 from ..remote import redact
 from .inputs import is_manifest, resolve_inputs, transport_path
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
-from .listing import is_listing, list_on_cluster
-from .manifests import ManifestSource, read_manifest_dataset
+from .listing import is_listing
+from .manifests import ManifestSource, list_on_cluster, read_manifest_dataset
 from .stages import DecodeStage, FusedStage, SelectStage
 from .worker import check_stream_config
 
@@ -204,12 +204,10 @@ def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None)
         source.videos_per_block = per_block
         return read_manifest_dataset(source, runtime_env), per_block
     if is_listing(inputs):
-        listing = list_on_cluster(inputs, runtime_env)
-        source = ManifestSource(listing.path, resolved=True)
-        source.listing = listing  # deleted with the dataset that reads it
-        per_block = _block_size(listing.count, videos_per_block, decode_pool)
+        source = list_on_cluster(inputs, runtime_env)
+        per_block = _block_size(source.count, videos_per_block, decode_pool)
         source.videos_per_block = per_block
-        return read_manifest_dataset(source, runtime_env, listing.node_id), per_block
+        return read_manifest_dataset(source, runtime_env), per_block
     if isinstance(inputs, ray.data.Dataset):
         names = inputs.schema().names
         if "path" not in names:

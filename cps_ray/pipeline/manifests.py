@@ -25,6 +25,7 @@ neither torch nor the decoders.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from ray.data.datasource import Datasource, ReadTask
 from ..errors import ConfigError
 from ..remote import redact
 from .inputs import is_uri, manifest_base, resolve_entry, transport_path
+from .listing import list_videos
 
 DEFAULT_CHUNK_BYTES = 2**20
 # For block sizing only (short, so that blocks err on the small side): a
@@ -109,11 +111,8 @@ class ManifestSource(Datasource):
     """
 
     def __init__(self, path: str | os.PathLike, videos_per_block: int = 8,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, resolved: bool = False):  # fmt: skip
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):  # fmt: skip
         self.path = os.fspath(path)
-        # resolved: entries are input paths already (a listing's, see
-        # cps_ray.pipeline.listing), kept as they are.
-        self.resolved = resolved
         self.kind = manifest_kind(self.path)
         self.base = manifest_base(self.path)
         self.videos_per_block = videos_per_block
@@ -201,8 +200,6 @@ class ManifestSource(Datasource):
     # --- read tasks -----------------------------------------------------------------
 
     def _table(self, entries: list[str]) -> pa.Table:
-        if self.resolved:
-            return pa.table({"path": pa.array(entries, pa.string())})
         return _entries_table(entries, self.base)
 
     def _blocks(self, entries: list[str]) -> Iterator[pa.Table]:
@@ -241,12 +238,93 @@ class ManifestSource(Datasource):
                     yield self._table(entries)
 
 
-def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = None,
-                          node_id: str | None = None):  # fmt: skip
+# --- folders and URI prefixes (see cps_ray.pipeline.listing) ----------------------------
+
+LISTING_ROWS_PER_TASK = 2**16
+
+
+def _list_task(spec: str) -> tuple[tuple[int, str | None], object]:
+    """(Ray task, two returns) List ``spec``: ``((count, None), table)``, or
+    ``((0, reason), None)``. The table (column ``path``) stays in the object
+    store; the driver only ever gets the count."""
+    import pyarrow as pa
+
+    try:
+        paths = list_videos(spec)
+    except ConfigError as err:
+        return (0, err.allowed), None
+    column = pa.array([transport_path(p) for p in paths], pa.string())
+    return (len(paths), None), pa.table({"path": column})
+
+
+class ListingSource(Datasource):
+    """A listing in the object store as a Ray Data datasource: one read task
+    per :data:`LISTING_ROWS_PER_TASK` paths, each taking its slice of the
+    table (zero-copy on the node that holds it)."""
+
+    def __init__(self, spec: str, table_ref, count: int, videos_per_block: int = 8):
+        self.spec = spec
+        self.table_ref = table_ref  # freed with this source (the dataset's)
+        self.count = count
+        self.estimated_rows = count
+        self.videos_per_block = videos_per_block
+
+    @property
+    def read_tasks(self) -> int:
+        return max(1, -(-self.count // LISTING_ROWS_PER_TASK))
+
+    def get_name(self) -> str:
+        return "ListFolder"
+
+    def estimate_inmemory_data_size(self) -> int:
+        return 64 * self.count
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import ReadTask
+
+        tasks = []
+        for start in range(0, self.count, LISTING_ROWS_PER_TASK):
+            rows = min(LISTING_ROWS_PER_TASK, self.count - start)
+            meta = BlockMetadata(num_rows=rows, size_bytes=None, input_files=None,
+                                 exec_stats=None)  # fmt: skip
+            read = functools.partial(_read_slice, self.table_ref, start, rows,
+                                     self.videos_per_block)  # fmt: skip
+            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _read_slice(table_ref, start: int, rows: int, step: int):
+    import ray
+
+    table = ray.get(table_ref).slice(start, rows)
+    for at in range(0, rows, step):
+        yield table.slice(at, step)
+
+
+def list_on_cluster(spec: str | os.PathLike, runtime_env: dict | None = None) -> ListingSource:
+    """List ``spec`` in a Ray task (see the module).
+
+    Raises:
+        ConfigError: ``spec`` cannot be listed, or holds no video file.
+    """
+    import ray
+
+    spec = os.fspath(spec)
+    options: dict = {"num_cpus": 0, "num_returns": 2}
+    if runtime_env:
+        options["runtime_env"] = runtime_env
+    head, table_ref = ray.remote(_list_task).options(**options).remote(spec)
+    count, reason = ray.get(head)
+    if reason is not None or count == 0:
+        raise ConfigError("inputs", redact(spec), reason or "There are no video files under it.")
+    return ListingSource(spec, table_ref, count)
+
+
+def read_manifest_dataset(source: ManifestSource | ListingSource, runtime_env: dict | None = None):
     """The Ray dataset of ``source``'s paths (column ``path``), streamed;
     ``runtime_env`` for its read tasks (a store's credentials, as the stages
-    get them); ``node_id``: the node they must run on (a manifest in a local
-    folder of that node)."""
+    get them)."""
     import ray.data
 
     # Ray Data merges what a read task yields into one block, then cuts each
@@ -256,10 +334,6 @@ def read_manifest_dataset(source: ManifestSource, runtime_env: dict | None = Non
     blocks = max(source.read_tasks, -(-source.estimated_rows // source.videos_per_block))
     one_at_a_time = ray.data.TaskPoolStrategy(size=1)
     extra = {"runtime_env": runtime_env} if runtime_env else {}
-    if node_id is not None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return ray.data.read_datasource(
         source, num_cpus=0, compute=one_at_a_time, override_num_blocks=blocks, **extra
     )

@@ -178,15 +178,15 @@ class WrittenOutput:
     shards: ``{"file": "shards/shard-00000.parquet", "rows": n}`` in shard
         order (the counts come from the Parquet footers; the paths in the
         shards are not read: see :func:`iter_shard_paths` and :func:`done_set`).
-    error_paths, error_reasons: the rows of ``errors.parquet``.
+    error_rows: rows of ``errors.parquet`` (from its footer; the rows
+        themselves are read a row group at a time by :func:`iter_errors`).
     manifest: ``manifest.json`` parsed, or ``None``.
     temporaries: files a killed run left half written (``shards/NAME.tmp-...``);
         never part of the output, deleted by the next ``write_shards``.
     """
 
     shards: tuple[dict[str, Any], ...] = ()
-    error_paths: tuple[str, ...] = ()
-    error_reasons: tuple[str, ...] = ()
+    error_rows: int = 0
     manifest: dict[str, Any] | None = None
     has_errors_file: bool = False
     temporaries: tuple[str, ...] = ()
@@ -218,7 +218,7 @@ class WrittenOutput:
             and self.has_errors_file
             and not self.temporaries
             and manifest.get("shards") == list(self.shards)
-            and manifest.get("failed") == len(self.error_paths)
+            and manifest.get("failed") == self.error_rows
         )
 
 
@@ -252,15 +252,17 @@ def read_output(out: str | os.PathLike | OutputRoot) -> WrittenOutput:
                 rows = pq.ParquetFile(f).metadata.num_rows
             shards.append({"file": f"{SHARDS_DIR}/{name}", "rows": rows})
     has_errors_file = output.exists(ERRORS_FILE)
-    errors = read_errors(output) if has_errors_file else []
+    error_rows = 0
+    if has_errors_file:
+        with output.fs.open_input_file(output.path(ERRORS_FILE)) as f:
+            error_rows = pq.ParquetFile(f).metadata.num_rows
     manifest = None
     if output.exists(MANIFEST_FILE):
         with output.fs.open_input_stream(output.path(MANIFEST_FILE)) as f:
             manifest = json.loads(f.read().decode())
     return WrittenOutput(
         tuple(shards),
-        tuple(path for path, _ in errors),
-        tuple(reason for _, reason in errors),
+        error_rows,
         manifest,
         has_errors_file,
         tuple(temporaries),
@@ -287,13 +289,33 @@ def done_set(out: str | os.PathLike | OutputRoot, written: WrittenOutput | None 
     done = PathSet()
     for paths in iter_shard_paths(output, written):
         done.update(paths)
-    done.update(p for p in written.error_paths if p not in exclude)
+    for table in iter_error_tables(output, written):
+        done.update(p for p in table.column("path").to_pylist() if p not in exclude)
     return done
 
 
-def read_errors(out: str | os.PathLike | OutputRoot) -> list[tuple[str, str]]:
-    """``(path, error)`` of every row of ``out``'s errors table, in order."""
+def iter_error_tables(out: str | os.PathLike | OutputRoot,
+                      written: WrittenOutput | None = None) -> Iterator[pa.Table]:  # fmt: skip
+    """``out``'s errors table (``path``, ``error``), a row group at a time,
+    in order; nothing when it has none."""
     output = _output(out)
+    written = read_output(output) if written is None else written
+    if not written.has_errors_file:
+        return
     with output.fs.open_input_file(output.path(ERRORS_FILE)) as f:
-        errors = pq.read_table(f)
-    return list(zip(errors.column("path").to_pylist(), errors.column("error").to_pylist()))
+        errors = pq.ParquetFile(f)
+        for group in range(errors.num_row_groups):
+            yield errors.read_row_group(group, columns=["path", "error"])
+
+
+def iter_errors(out: str | os.PathLike | OutputRoot,
+                written: WrittenOutput | None = None) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """``(path, error)`` of each row of ``out``'s errors table, in order."""
+    for table in iter_error_tables(out, written):
+        yield from zip(table.column("path").to_pylist(), table.column("error").to_pylist())
+
+
+def read_errors(out: str | os.PathLike | OutputRoot) -> list[tuple[str, str]]:
+    """``(path, error)`` of every row of ``out``'s errors table, in order (all
+    of it in memory: :func:`iter_errors` reads it a row group at a time)."""
+    return list(iter_errors(out))

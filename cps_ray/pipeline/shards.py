@@ -22,8 +22,10 @@ already holds (the paths in its shards, read one shard at a time and kept as
 16-byte digests, and in its errors table); the caller leaves
 those inputs out, and ``write_shards`` numbers new shards after the existing
 ones, never rewrites an existing shard, adds new failures to the errors table
-(rewritten only when there are new ones) and rewrites the manifest with the
-totals. A run writes a provisional manifest (``"complete": false``, with its
+(rewritten only when there are new ones, the old table read and the new one
+written a row group at a time; this run's failures past
+:data:`FAILURES_IN_MEMORY` wait in a local spill file) and rewrites the
+manifest with the totals. A run writes a provisional manifest (``"complete": false``, with its
 config) before its first shard, so the output of a run killed halfway still
 records the settings it was written with; the shard files themselves are the
 record of what is done. Good rows are grouped into full shards in input
@@ -39,6 +41,7 @@ twice), is not written again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -62,6 +65,8 @@ from .output import (  # noqa: F401  (the names an output's readers import from 
     WrittenOutput,
     check_energy_rule,
     done_set,
+    iter_error_tables,
+    iter_errors,
     iter_shard_paths,
     read_errors,
     read_output,
@@ -88,6 +93,8 @@ def _errors_table(paths: list[str], reasons: list[str]) -> pa.Table:
 
 # A run's failures held in memory before they go to a local spill file.
 FAILURES_IN_MEMORY = 10_000
+# Rows per row group of the errors table: what a reader holds at a time.
+ERRORS_ROW_GROUP = 2**16
 
 
 class FailureLog:
@@ -236,15 +243,25 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
     shards: list[dict[str, Any]] = []
     failures = FailureLog()
     counts = {"ok": 0, "already": 0, "duplicates": 0}
-    retry = frozenset(retry) & frozenset(previous.error_paths) if resume else frozenset()
+    retry = frozenset(retry) if resume else frozenset()
+    if retry:  # only failures of the errors table are decoded again
+        retry = frozenset(p for p, _ in iter_errors(output, previous) if p in retry)
     # Old rows, not decoded again.
     done = PathSet() if screened else done_set(output, previous, exclude=retry)
     written = PathSet()  # this run's rows
 
-    def kept_errors() -> list[tuple[str, str]]:
+    def replaced() -> list[str]:
         # A failure decoded again is replaced by its new row (or new failure).
-        pairs = zip(previous.error_paths, previous.error_reasons)
-        return [(p, r) for p, r in pairs if p not in retry or p not in written]
+        return [p for p, new in zip(retry, written.contains(list(retry))) if new]
+
+    def kept_errors():
+        """The old errors table less the replaced failures, a row group at a time."""
+        gone = set(replaced())
+        for table in iter_error_tables(output, previous):
+            if gone:
+                keep = [p not in gone for p in table.column("path").to_pylist()]
+                table = table.filter(pa.array(keep, pa.bool_()))
+            yield table
 
     def manifest(complete: bool) -> dict[str, Any]:
         left_out = skipped() if callable(skipped) else skipped
@@ -252,7 +269,7 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
             "inputs": left_out + counts["already"] + counts["ok"] + failures.count,
             "skipped": left_out + counts["already"],
             "ok": previous.ok_rows + counts["ok"],
-            "failed": len(kept_errors()) + failures.count,
+            "failed": previous.error_rows - len(replaced()) + failures.count,
             "shards": list(previous.shards) + shards,
             "errors": ERRORS_FILE,
             "run": {
@@ -327,9 +344,10 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
     if not (started or retry) and (previous.is_empty or previous.is_settled):
         return manifest(True)  # nothing new: the output is left as it is
     if failures.count or retry or not previous.has_errors_file:
-        kept = kept_errors()
-        old = _errors_table([p for p, _ in kept], [r for _, r in kept])
-        output.write_tables(ERRORS_FILE, old.schema, [old, *failures.tables()])
+        schema = _errors_table([], []).schema
+        # Read as they are written: old rows a row group at a time, then this run's.
+        tables = itertools.chain(kept_errors(), failures.tables())
+        output.write_tables(ERRORS_FILE, schema, tables, rows_per_group=ERRORS_ROW_GROUP)
     failures.close()
     final = manifest(True)
     output.write_bytes(MANIFEST_FILE, json.dumps(final, indent=2).encode())
