@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cps_ray import PatchStreamConfig
 from cps_ray.pipeline.isolation import IsolatedWorker
-from cps_ray.pipeline.stages import FrameDecoder
+from cps_ray.pipeline.stages import DECODE_PRELOAD, FrameDecoder
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 CONFIG = PatchStreamConfig(
@@ -72,7 +72,10 @@ class Outcome:
 
 def decoder(timeout_s: float = 10.0) -> IsolatedWorker:
     return IsolatedWorker(
-        functools.partial(FrameDecoder, CONFIG, 1), timeout_s=timeout_s, max_attempts=1
+        functools.partial(FrameDecoder, CONFIG, 1),
+        timeout_s=timeout_s,
+        max_attempts=1,
+        preload=DECODE_PRELOAD,
     )
 
 

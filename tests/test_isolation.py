@@ -10,16 +10,20 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from local_ray_head import psutil
 
 from cps_ray import PatchStreamConfig, local_stream
 from cps_ray.faults import CRASH_ENV, HANG_ENV
-from cps_ray.pipeline.isolation import IsolatedWorker, IsolationError
-from cps_ray.pipeline.worker import VideoWorker
+from cps_ray.pipeline import _zygote
+from cps_ray.pipeline.isolation import IsolatedPool, IsolatedWorker, IsolationError
+from cps_ray.pipeline.worker import VIDEO_PRELOAD, VideoWorker
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
 GOOD = ["h264.mp4", "vp9.webm", "mpeg2.mpg", "short5.mp4", "rot90.mp4", "hevc.mkv"]
@@ -47,7 +51,9 @@ def test_worker_survives_crash_and_hang(media, monkeypatch):
     monkeypatch.setenv(CRASH_ENV, "vp9.webm")
     monkeypatch.setenv(HANG_ENV, "vp8.webm")
     # The decoder's own deadline stays long; the child is killed at 3 + 3 s.
-    worker = IsolatedWorker(functools.partial(VideoWorker, CFG), timeout_s=3.0, max_attempts=3)
+    worker = IsolatedWorker(
+        functools.partial(VideoWorker, CFG), timeout_s=3.0, max_attempts=3, preload=VIDEO_PRELOAD
+    )
     try:
         ok, row = worker.run(str(media["h264.mp4"]))
         assert ok and row["error"] is None
@@ -77,7 +83,9 @@ def test_child_killed_mid_video_is_retried(media, monkeypatch, clean_rows):
     attempt, not the video."""
     monkeypatch.setenv(HANG_ENV, "")
     path = str(media["hevc.mkv"])
-    worker = IsolatedWorker(functools.partial(VideoWorker, CFG), timeout_s=60, max_attempts=2)
+    worker = IsolatedWorker(
+        functools.partial(VideoWorker, CFG), timeout_s=60, max_attempts=2, preload=VIDEO_PRELOAD
+    )
     try:
         worker.start()
         victim = worker.pid
@@ -140,6 +148,72 @@ def test_child_that_cannot_restart_costs_a_video_not_the_run(tmp_path):
         assert worker.run("c") == (True, "C")  # a fresh child once it can start
     finally:
         worker.close()
+
+
+def _parent_and_env(name):
+    """A child's target: its parent's pid and the variable ``name``."""
+    return lambda _: (os.getppid(), os.environ.get(name))
+
+
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_children_fork_from_one_zygote_per_environment(monkeypatch):
+    """A pool's children and later workers fork from one preloaded zygote and
+    take the caller's per-call variables; another environment gets its own
+    zygote; a zygote that died is replaced."""
+    monkeypatch.setenv(HANG_ENV, "first")
+    make = functools.partial(_parent_and_env, HANG_ENV)
+    pool = IsolatedPool(make, 2, timeout_s=30, max_attempts=1, preload=("json",))
+    try:
+        pool.start()
+        answers = [w.run("x") for w in pool.workers]
+        assert answers[0] == answers[1] and answers[0][0]
+        zygote, seen = answers[0][1]
+        assert zygote != os.getpid() and seen == "first"
+        monkeypatch.setenv(HANG_ENV, "second")  # read per call: same zygote
+        later = IsolatedWorker(make, timeout_s=30, preload=("json",))
+        assert later.run("x") == (True, (zygote, "second"))
+        later.close()
+        monkeypatch.setenv("CPS_RAY_TEST_OTHER", "1")  # may change imports: a new zygote
+        other = IsolatedWorker(make, timeout_s=30, preload=("json",))
+        ok, (other_zygote, _) = other.run("x")
+        assert ok and other_zygote != zygote
+        other.close()
+        os.kill(other_zygote, signal.SIGKILL)
+        monkeypatch.delenv("CPS_RAY_TEST_OTHER")
+        # the first zygote's children still serve (with the environment they
+        # started with); a dead zygote is replaced
+        assert pool.workers[0].run("y") == (True, (zygote, "first"))
+        monkeypatch.setenv("CPS_RAY_TEST_OTHER", "1")
+        again = IsolatedWorker(make, timeout_s=30, preload=("json",))
+        ok, (third, _) = again.run("x")
+        assert ok and third not in (zygote, other_zygote)
+        again.close()
+    finally:
+        pool.close()
+
+
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_zygote_and_children_exit_with_their_owner(tmp_path):
+    """An owner killed outright (an OOM kill of an actor) leaves no zygote
+    and no child behind."""
+    code = (
+        "import functools, os, sys, time\n"
+        "from cps_ray.pipeline.isolation import IsolatedWorker\n"
+        "w = IsolatedWorker(functools.partial(os.getpid), timeout_s=30)\n"
+        "w.start()\n"
+        "print(w.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(owner.stdout.readline()))
+        zygote = child.parent()
+        assert zygote.ppid() == owner.pid
+    finally:
+        owner.kill()
+        owner.wait()
+    gone, alive = psutil.wait_procs([child, zygote], timeout=10)
+    assert not alive
 
 
 class _Unpicklable:

@@ -20,11 +20,14 @@ per-video work runs in a child process the worker owns:
 - a child notices when its parent is gone and exits, so a killed actor
   leaves no decoder behind.
 
-The child is a plain ``python -m`` process talking over a socket pair (not
-``multiprocessing``, which would re-import the parent's ``__main__``, a Ray
-worker's included). It builds its worker once (imports, kernel warm-up),
-then serves one path at a time; a result crosses as one pickled message (a
-2.4 MB row at the default sizes, about a millisecond).
+The child talks over a socket pair (not ``multiprocessing``, which would
+re-import the parent's ``__main__``, a Ray worker's included). On Linux it
+is forked from a zygote (:mod:`._zygote`) that imported torch, torchcodec
+and Numba once for every child of this process, so a pool of children and a
+restart after a crash cost milliseconds, not an interpreter's imports;
+elsewhere it is a plain ``python -m`` process. It builds its worker once
+(kernel warm-up), then serves one path at a time; a result crosses as one
+pickled message (a 2.4 MB row at the default sizes, about a millisecond).
 
 ``isolation="none"`` runs the work in the worker itself: no per-video cost,
 but a crash takes the worker down. In the pipeline its actors then get
@@ -47,6 +50,7 @@ from typing import Any
 
 from ..devices import fake_environment
 from ..errors import ConfigError, IsolationError, printable_path
+from . import _zygote
 
 ISOLATION_MODES = ("process", "none")
 DEFAULT_ISOLATION = "process"
@@ -105,9 +109,12 @@ class IsolatedWorker:
         *,
         timeout_s: float | None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        preload: tuple[str, ...] = (),
     ):
         check_isolation("process", max_attempts)
         self.make_target = make_target
+        # Modules the child needs, imported once by the zygote it forks from.
+        self.preload = tuple(preload)
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self._proc: subprocess.Popen | None = None
@@ -134,7 +141,6 @@ class IsolatedWorker:
             raise IsolationError(
                 f"the worker cannot be sent to a child process: {type(err).__name__}: {err}"
             ) from None
-        parent_sock, child_sock = socket.socketpair()
         env = dict(os.environ)
         # The child imports what this process imports, from the same places
         # (a Ray worker's working_dir is on sys.path, not in PYTHONPATH).
@@ -142,19 +148,30 @@ class IsolatedWorker:
         # Injected CUDA and NVDEC answers (tests, simulated clusters) hold in
         # the child too.
         env.update(fake_environment())
+        parent_sock, child_sock = socket.socketpair()
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", CHILD_MODULE, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-                # Library chatter goes to stderr: the caller's stdout may be data.
-                stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
-                env=env,
-                close_fds=True,
-            )
+            if _zygote.supported():
+                self._proc = _zygote.fork_child(self.preload, env, child_sock, STARTUP_TIMEOUT_S)
+            else:
+                self._proc = self._popen(child_sock, env)
+        except BaseException:
+            parent_sock.close()
+            raise
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
+
+    @staticmethod
+    def _popen(child_sock: socket.socket, env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE, str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            # Library chatter goes to stderr: the caller's stdout may be data.
+            stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
 
     def _await_ready(self) -> None:
         try:
@@ -264,11 +281,13 @@ class IsolatedPool:
     """``size`` :class:`IsolatedWorker` children shared by threads: each call
     takes a free child for the duration of one item."""
 
-    def __init__(self, make_target, size: int, *, timeout_s, max_attempts):
+    def __init__(self, make_target, size: int, *, timeout_s, max_attempts, preload=()):
         import queue
 
         self.workers = [
-            IsolatedWorker(make_target, timeout_s=timeout_s, max_attempts=max_attempts)
+            IsolatedWorker(
+                make_target, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
+            )
             for _ in range(size)
         ]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -276,7 +295,7 @@ class IsolatedPool:
             self._free.put(worker)
 
     def start(self) -> None:
-        """Start every child, in parallel: their imports overlap."""
+        """Start every child, in parallel: their warm-ups overlap."""
         for worker in self.workers:
             if worker.pid is None:
                 worker._spawn()

@@ -69,6 +69,10 @@ class FrameDecoder:
         )
 
 
+# What a decode stage's child imports, once per zygote.
+DECODE_PRELOAD = ("torch", "torchcodec.decoders", "cps_ray.decode", "cps_ray.pipeline.stages")
+
+
 def child_frame_decoder(
     config: PatchStreamConfig, num_threads: int, processes_per_gpu: int = 1
 ) -> FrameDecoder:
@@ -109,6 +113,7 @@ class DecodeStage:
                 functools.partial(child_frame_decoder, config, threads, per_gpu),
                 timeout_s=config.decode_timeout_s,
                 max_attempts=max_attempts,
+                preload=DECODE_PRELOAD,
             )
             self.isolated.start()
             self.decode = self._decode_isolated

@@ -86,6 +86,17 @@ def share_cores(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+# What a child of :class:`IsolatedVideoWorker` imports, once per zygote.
+VIDEO_PRELOAD = (
+    "torch",
+    "torchcodec.decoders",
+    "numba",
+    "cps_ray.core",
+    "cps_ray.kernels.cpu",
+    "cps_ray.pipeline.worker",
+)
+
+
 def child_video_worker(
     config: PatchStreamConfig, concurrent_videos: int, processes_per_gpu: int = 1
 ) -> VideoWorker:
@@ -117,6 +128,7 @@ class IsolatedVideoWorker:
             pool_size,
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
+            preload=VIDEO_PRELOAD,
         )
         self.pool.start()
 
