@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_head import RAY, local_ray_head, session_processes
 
-from cps_ray import PatchStreamConfig, write_shards
+from cps_ray import ConfigError, PatchStreamConfig, local_stream, write_shards
 from cps_ray.jobs import (
     JobError,
     add_config_options,
@@ -227,15 +227,41 @@ def test_find_inputs(media, tmp_path):
     assert find_inputs(manifest) == [str(root / "z.mp4"), "/elsewhere/y.mp4"]
     for spec, message in (
         (tmp_path / "missing", "does not exist"),
-        (f"{root}/*.webm", "no files match"),
+        (f"{root}/*.webm", "No files match"),
         (root / "a" / "b" / "c", "does not exist"),
         ("nosuchscheme://bucket/videos", "cannot be listed"),
     ):
         with pytest.raises(JobError, match=message):
             find_inputs(spec)
     (root / "empty").mkdir()
-    with pytest.raises(JobError, match="no video files found"):
+    with pytest.raises(JobError, match="no video files under it"):
         find_inputs(root / "empty")
+
+
+def test_one_resolver_for_the_api_the_jobs_and_the_cli(media, tmp_path):
+    """patch_dataset, local_stream and the jobs take the same specs: a glob and
+    one video file are inputs everywhere, and the job's list is the API's
+    without duplicates."""
+    from cps_ray.pipeline.inputs import resolve_inputs
+
+    root = tmp_path / "v"
+    root.mkdir()
+    for name in ("h264.mp4", "vp9.webm"):
+        shutil.copy(media[name], root / name)
+    listing = tmp_path / "list.txt"
+    listing.write_text("v/vp9.webm\nv/h264.mp4\nv/./h264.mp4\n")
+    for spec, expected in (
+        (f"{root}/*.*", [root / "h264.mp4", root / "vp9.webm"]),
+        (root / "vp9.webm", [root / "vp9.webm"]),
+        (root, [root / "h264.mp4", root / "vp9.webm"]),
+        (listing, [root / "vp9.webm", root / "h264.mp4"]),
+    ):
+        assert find_inputs(spec) == [str(p) for p in expected]
+        assert list(dict.fromkeys(resolve_inputs(spec))) == [str(p) for p in expected]
+    rows = list(local_stream(f"{root}/*.webm", CFG, num_workers=1, isolation="none"))
+    assert [(r["path"], r["error"]) for r in rows] == [(str(root / "vp9.webm"), None)]
+    with pytest.raises(ConfigError, match="No files match"):
+        resolve_inputs(f"{root}/*.avi")
 
 
 def test_preprocess_refuses_before_starting_anything(tmp_path, capsys, media):

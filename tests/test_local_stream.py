@@ -111,8 +111,8 @@ def test_bad_arguments(media):
         local_stream([], PatchStreamConfig(video_path="x.mp4"))
     with pytest.raises(ConfigError, match="num_workers"):
         local_stream([], CFG, num_workers=0)
-    with pytest.raises(ConfigError, match="manifest"):
-        local_stream(str(media["h264.mp4"]), CFG)
+    with pytest.raises(ConfigError, match="does not exist; pass a list of video paths"):
+        local_stream(str(media["h264.mp4"]) + ".gone", CFG)
     with override_cuda_device_count(0):
         with pytest.raises(DeviceUnavailableError):
             local_stream([str(media["h264.mp4"])], PatchStreamConfig(decode_backend="gpu"))

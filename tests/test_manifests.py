@@ -148,7 +148,6 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
         raise AssertionError("the driver listed the manifest")
 
     monkeypatch.setattr(cps_ray.pipeline.inputs, "read_manifest", refuse)
-    monkeypatch.setattr(cps_ray.jobs.inputs, "read_manifest", refuse)
     folder = media["h264.mp4"].parent
     first = tmp_path / "first.txt"
     first.write_text(f"{folder}/h264.mp4\n{folder}/./h264.mp4\n{folder}//broken/text.mp4\n")

@@ -234,7 +234,8 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
             local or at a URI: read by Ray Data while the pipeline runs, never
             loaded into the driver), a folder or a URI prefix (its videos,
             sorted, listed by a task on the driver's node, then read the
-            same way), or a ``ray.data.Dataset`` with a ``path``
+            same way), a glob or one video file (listed in the driver), or a
+            ``ray.data.Dataset`` with a ``path``
             column (its paths are collected first: its own stages may need
             the CPUs the pools take).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.

@@ -195,27 +195,23 @@ def list_uri(uri: str, extensions) -> list[str]:
     )
 
 
-def resolve_inputs(inputs) -> list[str]:
-    """A list of paths (str or PathLike), one manifest, or one folder or URI
-    prefix (its videos, sorted) -> list of str."""
-    if isinstance(inputs, (str, os.PathLike)):
-        from .listing import is_listing, list_videos
+GLOB_CHARACTERS = "*?["
 
-        spec = os.fspath(inputs)
-        if is_manifest(spec):
-            return read_manifest(spec)
-        if is_listing(spec):
-            paths = list_videos(spec)
-            if not paths:
-                raise ConfigError("inputs", redact(spec), "There are no video files under it.")
-            return paths
-        raise ConfigError(
-            "inputs",
-            spec,
-            "Pass a list of video paths, a folder, or a manifest ending in "
-            + ", ".join(MANIFEST_SUFFIXES)
-            + ".",
-        )
+
+def resolve_inputs(inputs) -> list[str]:
+    """The one input resolver of the API, the jobs and the CLI: the videos
+    ``inputs`` names, in order.
+
+    ``inputs`` is a list of paths (str or PathLike, kept as given), or one
+    spec: a manifest (``.txt``/``.csv``/``.parquet``, local or a URI; its
+    order), a folder or a URI prefix (its videos, sorted), a glob
+    (``'videos/**/*.mp4'``, matching files, sorted) or one video file.
+
+    Raises:
+        ConfigError: a spec that names nothing, or no video.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        return _resolve_spec(os.fspath(inputs))
     if isinstance(inputs, Iterable):
         paths = []
         for item in inputs:
@@ -224,3 +220,30 @@ def resolve_inputs(inputs) -> list[str]:
             paths.append(local_name(tidy(os.fspath(item))))
         return paths
     raise ConfigError("inputs", inputs, "Pass a list of video paths or a manifest path.")
+
+
+def _resolve_spec(spec: str) -> list[str]:
+    from .listing import is_listing, list_videos
+
+    if is_manifest(spec):
+        return read_manifest(spec)
+    if is_listing(spec):
+        paths = list_videos(spec)
+        if not paths:
+            raise ConfigError("inputs", redact(spec), "There are no video files under it.")
+        return paths
+    if os.path.isfile(spec):
+        return [os.path.abspath(spec)]
+    if any(ch in spec for ch in GLOB_CHARACTERS):
+        import glob
+
+        matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise ConfigError("inputs", spec, "No files match it.")
+        return [os.path.abspath(p) for p in matches]
+    raise ConfigError(
+        "inputs",
+        spec,
+        "It does not exist; pass a list of video paths, a folder, a glob, a video file or a "
+        "manifest ending in " + ", ".join(MANIFEST_SUFFIXES) + ".",
+    )

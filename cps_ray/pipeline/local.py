@@ -16,7 +16,7 @@ from ..config import PatchStreamConfig
 from ..devices import usable_cores
 from .inputs import resolve_inputs
 from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS
-from .worker import make_worker
+from .worker import Worker
 
 
 def local_stream(
@@ -31,8 +31,10 @@ def local_stream(
     """Yield one row per input video, in input order.
 
     Args:
-        inputs: a list of paths, or a manifest (``.txt`` one path per line,
-            ``.csv``/``.parquet`` with a ``path`` column).
+        inputs: a list of paths, or one spec: a manifest (``.txt`` one path
+            per line, ``.csv``/``.parquet`` with a ``path`` column), a folder
+            or URI prefix, a glob or one video file (see
+            :func:`~cps_ray.pipeline.inputs.resolve_inputs`).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
         num_workers: videos decoded at once; default: the cores.
         isolation: ``"process"`` (default): each of the ``num_workers``
@@ -53,7 +55,7 @@ def local_stream(
         from ..errors import ConfigError
 
         raise ConfigError("num_workers", num_workers, "It must be an int >= 1.")
-    worker = make_worker(
+    worker = Worker(
         config, concurrent_videos=workers, isolation=isolation, max_attempts=max_attempts
     )
     return _stream(paths, worker, workers, progress)
@@ -63,8 +65,7 @@ def _stream(paths, worker, workers, progress) -> Iterator[dict[str, Any]]:
     try:
         yield from _rows(paths, worker, workers, progress)
     finally:
-        if hasattr(worker, "close"):
-            worker.close()
+        worker.close()
 
 
 def _rows(paths, worker, workers, progress) -> Iterator[dict[str, Any]]:
