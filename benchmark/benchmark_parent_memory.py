@@ -15,7 +15,7 @@ import numpy as np
 
 from cps_ray import PatchStreamConfig
 from cps_ray.pipeline.stages import DecodeStage
-from cps_ray.pipeline.worker import IsolatedVideoWorker
+from cps_ray.pipeline.worker import Worker
 
 
 def peak_mib() -> float:
@@ -31,7 +31,7 @@ def main() -> None:
     video = args.video or sorted(glob.glob("benchmark/out/memory_inputs/2160p_h264*"))[0]
     config = PatchStreamConfig()
 
-    worker = IsolatedVideoWorker(config, 1, max_attempts=2)
+    worker = Worker(config, 1, isolation="process", max_attempts=2)
     for _ in range(5):
         assert worker(video)["error"] is None
     worker.close()

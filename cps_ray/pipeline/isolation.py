@@ -318,6 +318,54 @@ class IsolatedPool:
             worker.close()
 
 
+class InProcess:
+    """``isolation="none"``: the target runs in this process, behind the same
+    ``run(item) -> (ok, value)`` as :class:`IsolatedPool`; an exception is
+    ``(False, reason)``, a crash takes the process down."""
+
+    def __init__(self, make_target: Callable[[], Callable[[Any], Any]]):
+        self.target = make_target()
+
+    def run(self, item: Any) -> tuple[bool, Any]:
+        from .rows import error_reason
+
+        try:
+            return True, self.target(item)
+        except Exception as err:
+            return False, error_reason(err)
+
+    def close(self) -> None:
+        pass
+
+
+def contained(
+    in_process: Callable[[], Callable[[Any], Any]],
+    in_child: Callable[[], Callable[[Any], Any]],
+    *,
+    isolation: str,
+    timeout_s: float | None,
+    max_attempts: int,
+    size: int = 1,
+    preload: tuple[str, ...] = (),
+) -> InProcess | IsolatedPool:
+    """The one place per-video work is isolated, for every caller: a runner
+    whose ``run(item)`` returns ``(True, result)`` or ``(False, reason)``.
+
+    ``isolation="process"``: ``size`` children, each built by ``in_child``
+    (started now; the first start raises :class:`IsolationError`);
+    ``"none"``: one target built by ``in_process``, shared by the caller's
+    threads.
+    """
+    check_isolation(isolation, max_attempts)
+    if isolation == "none":
+        return InProcess(in_process)
+    pool = IsolatedPool(
+        in_child, size, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
+    )
+    pool.start()
+    return pool
+
+
 def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
     """In a child: exit as soon as the parent is gone (re-parented), even
     while the main thread is stuck in native code."""

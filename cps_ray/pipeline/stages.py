@@ -22,7 +22,7 @@ from ..devices import (
     size_nvdec_cache,
     torch_device,
 )
-from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, IsolatedWorker, check_isolation
+from .isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation, contained
 from .rows import (
     error_reason,
     error_row,
@@ -31,7 +31,7 @@ from .rows import (
     rows_to_batch,
     transport_path,
 )
-from .worker import check_stream_config, make_worker, share_cores
+from .worker import Worker, check_stream_config, share_cores
 
 
 def _paths(batch: dict[str, np.ndarray]) -> list[str]:
@@ -108,23 +108,14 @@ class DecodeStage:
         )
         threads = ffmpeg_threads or ffmpeg_threads_for(config)
         per_gpu = processes_per_gpu(gpu_share)
-        if isolation == "process":
-            self.isolated = IsolatedWorker(
-                functools.partial(child_frame_decoder, config, threads, per_gpu),
-                timeout_s=config.decode_timeout_s,
-                max_attempts=max_attempts,
-                preload=DECODE_PRELOAD,
-            )
-            self.isolated.start()
-            self.decode = self._decode_isolated
-        else:
-            self.decode = FrameDecoder(config, threads, per_gpu)
-
-    def _decode_isolated(self, path: str):
-        ok, value = self.isolated.run(path)
-        if not ok:
-            raise _Failed(value)
-        return value
+        self.runner = contained(
+            functools.partial(FrameDecoder, config, threads, per_gpu),
+            functools.partial(child_frame_decoder, config, threads, per_gpu),
+            isolation=isolation,
+            timeout_s=config.decode_timeout_s,
+            max_attempts=max_attempts,
+            preload=DECODE_PRELOAD,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
@@ -138,14 +129,17 @@ class DecodeStage:
         backends = [self.decode_backend] * n
         fallbacks = [self.fallback or ""] * n
         for i, path in enumerate(paths):
+            ok, value = self.runner.run(path)
+            if not ok:
+                errors[i] = value
+                continue
             try:
-                frames[i], indices[i], stamps[i], fallbacks[i] = self.decode(path)
-                if fallbacks[i]:
-                    backends[i] = "cpu"
-            except _Failed as failed:
-                errors[i] = failed.reason
-            except Exception as err:
+                frames[i], indices[i], stamps[i], fallbacks[i] = value
+            except Exception as err:  # frames of another shape: never expected
                 errors[i] = error_reason(err)
+                continue
+            if fallbacks[i]:
+                backends[i] = "cpu"
         return {
             "path": np.array([transport_path(p) for p in paths], dtype=object),
             "frames": frames,
@@ -155,14 +149,6 @@ class DecodeStage:
             "device_fallback": np.array(fallbacks, dtype=object),
             "error": np.array(errors, dtype=object),
         }
-
-
-class _Failed(Exception):
-    """A video the isolated child could not decode; ``reason`` is its row's error."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class SelectStage:
@@ -246,7 +232,7 @@ class FusedStage:
             from dataclasses import replace
 
             config = replace(config, ffmpeg_threads=ffmpeg_threads)
-        self.worker = make_worker(
+        self.worker = Worker(
             config,
             isolation=isolation,
             max_attempts=max_attempts,

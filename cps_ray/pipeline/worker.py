@@ -1,7 +1,7 @@
 """The per-video work both ``local_stream`` and the Ray stages run: resolve
 ``auto`` once on this node, warm the kernels, then turn a path into a row;
-in this process (:class:`VideoWorker`) or in isolated child processes
-(:class:`IsolatedVideoWorker`, see :mod:`cps_ray.pipeline.isolation`).
+:class:`VideoWorker` is that work, :class:`Worker` runs it in this process or
+in isolated child processes (see :mod:`cps_ray.pipeline.isolation`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from ..config import PatchStreamConfig, resolve_backends
 from ..devices import default_ffmpeg_threads, ffmpeg_threads_for, size_nvdec_cache
 from ..errors import ConfigError
-from .isolation import IsolatedPool, check_isolation
+from .isolation import check_isolation, contained
 from .rows import error_row
 
 
@@ -86,7 +86,7 @@ def share_cores(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
-# What a child of :class:`IsolatedVideoWorker` imports, once per zygote.
+# What an isolated child of :class:`Worker` imports, once per zygote.
 VIDEO_PRELOAD = (
     "torch",
     "torchcodec.decoders",
@@ -105,35 +105,44 @@ def child_video_worker(
     return VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
 
 
-class IsolatedVideoWorker:
-    """A :class:`VideoWorker` per child process, ``pool_size`` of them shared by
-    the caller's threads: the same rows, but a decoder crash or hang costs
-    only its video (an error row saying so)."""
+class Worker:
+    """Turns one path into one row, never raising: the per-video core
+    (:class:`VideoWorker`) behind the isolation the caller asked for
+    (:func:`~cps_ray.pipeline.isolation.contained`). ``concurrent_videos``
+    callers may use it at once (threads): as many isolated children, or one
+    :class:`VideoWorker` they share. ``processes_per_gpu``: workers like this
+    one sharing a GPU (pipeline actors); isolated children multiply it."""
 
     def __init__(
         self,
         config: PatchStreamConfig,
         concurrent_videos: int = 1,
         *,
+        isolation: str,
         max_attempts: int,
-        pool_size: int = 1,
         processes_per_gpu: int = 1,
     ):
         check_stream_config(config)
+        check_isolation(isolation, max_attempts)
         self.config = config
         # Checked here too, so a config this node cannot run fails at once.
         self.resolved = resolve_backends(config)
-        self.pool = IsolatedPool(
-            functools.partial(child_video_worker, config, concurrent_videos, processes_per_gpu),
-            pool_size,
+        self.runner = contained(
+            functools.partial(
+                VideoWorker, config, concurrent_videos, processes_per_gpu=processes_per_gpu
+            ),
+            functools.partial(
+                child_video_worker, config, concurrent_videos, processes_per_gpu * concurrent_videos
+            ),
+            isolation=isolation,
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
+            size=concurrent_videos,
             preload=VIDEO_PRELOAD,
         )
-        self.pool.start()
 
     def __call__(self, path: str) -> dict[str, Any]:
-        ok, value = self.pool.run(path)
+        ok, value = self.runner.run(path)
         if ok:
             return value
         resolved = self.resolved
@@ -147,27 +156,4 @@ class IsolatedVideoWorker:
         )
 
     def close(self) -> None:
-        self.pool.close()
-
-
-def make_worker(
-    config: PatchStreamConfig,
-    *,
-    concurrent_videos: int = 1,
-    isolation: str,
-    max_attempts: int,
-    processes_per_gpu: int = 1,
-) -> VideoWorker | IsolatedVideoWorker:
-    """The worker ``isolation`` asks for; ``concurrent_videos`` callers may
-    use it at once (threads). ``processes_per_gpu``: workers like this one
-    sharing a GPU (pipeline actors); isolated children multiply it."""
-    check_isolation(isolation, max_attempts)
-    if isolation == "none":
-        return VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
-    return IsolatedVideoWorker(
-        config,
-        concurrent_videos,
-        max_attempts=max_attempts,
-        pool_size=concurrent_videos,
-        processes_per_gpu=processes_per_gpu * concurrent_videos,
-    )
+        self.runner.close()
