@@ -229,66 +229,89 @@ def write_shards(
 
 def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
                   screened) -> dict[str, Any]:  # fmt: skip
-    previous = read_output(output)
-    if not resume and not previous.is_empty:
-        raise OutputNotEmptyError(
-            f"output {output.given!r} already holds a run ({len(previous.shards)} shards); "
-            "pass resume=True to add to it, or write to an empty output"
-        )
-    check_energy_rule(previous.manifest, output.given)
-    for name in previous.temporaries:  # half-written files of a killed run
-        output.delete(name)
-    start = time.time()
-    first_index = previous.next_shard_index
-    shards: list[dict[str, Any]] = []
-    failures = FailureLog()
-    counts = {"ok": 0, "already": 0, "duplicates": 0}
-    retry = frozenset(retry) if resume else frozenset()
-    if retry:  # only failures of the errors table are decoded again
-        retry = frozenset(p for p, _ in iter_errors(output, previous) if p in retry)
-    # Old rows, not decoded again.
-    done = PathSet() if screened else done_set(output, previous, exclude=retry)
-    written = PathSet()  # this run's rows
+    writer = ShardWriter(output, rows_per_shard, config, resume, skipped, retry, screened)
+    if ds is not None:
+        for batch in ds.iter_batches(batch_size=rows_per_shard, batch_format="pyarrow"):
+            writer.add(batch)
+    return writer.finish()
 
-    def replaced() -> list[str]:
-        # A failure decoded again is replaced by its new row (or new failure).
-        return [p for p, new in zip(retry, written.contains(list(retry))) if new]
 
-    def kept_errors():
+class ShardWriter:
+    """One run writing into an output (see :func:`write_shards`): row batches
+    in (:meth:`add`), shards as they fill, then the errors table and the
+    manifest (:meth:`finish`)."""
+
+    def __init__(self, output: OutputRoot, rows_per_shard: int, config, resume: bool,
+                 skipped, retry, screened: bool):  # fmt: skip
+        previous = read_output(output)
+        if not resume and not previous.is_empty:
+            raise OutputNotEmptyError(
+                f"output {output.given!r} already holds a run ({len(previous.shards)} shards); "
+                "pass resume=True to add to it, or write to an empty output"
+            )
+        check_energy_rule(previous.manifest, output.given)
+        for name in previous.temporaries:  # half-written files of a killed run
+            output.delete(name)
+        self.output, self.previous = output, previous
+        self.rows_per_shard, self.config, self.skipped = rows_per_shard, config, skipped
+        self.start = time.time()
+        self.shards: list[dict[str, Any]] = []
+        self.failures = FailureLog()
+        self.counts = {"ok": 0, "already": 0, "duplicates": 0}
+        retry = frozenset(retry) if resume else frozenset()
+        if retry:  # only failures of the errors table are decoded again
+            retry = frozenset(p for p, _ in iter_errors(output, previous) if p in retry)
+        self.retry = retry
+        # Old rows, not decoded again.
+        self.done = PathSet() if screened else done_set(output, previous, exclude=retry)
+        self.written = PathSet()  # this run's rows
+        self.pending: list[pa.Table] = []  # good rows not yet in a shard
+        self.pending_rows = 0
+        self.started = False
+
+    def _replaced(self) -> list[str]:
+        """Failures decoded again: each is replaced by its new row (or new failure)."""
+        retry = list(self.retry)
+        return [p for p, new in zip(retry, self.written.contains(retry)) if new]
+
+    def _kept_errors(self):
         """The old errors table less the replaced failures, a row group at a time."""
-        gone = set(replaced())
-        for table in iter_error_tables(output, previous):
+        gone = set(self._replaced())
+        for table in iter_error_tables(self.output, self.previous):
             if gone:
                 keep = [p not in gone for p in table.column("path").to_pylist()]
                 table = table.filter(pa.array(keep, pa.bool_()))
             yield table
 
-    def manifest(complete: bool) -> dict[str, Any]:
-        left_out = skipped() if callable(skipped) else skipped
+    def manifest(self, complete: bool) -> dict[str, Any]:
+        previous, counts, failures = self.previous, self.counts, self.failures
+        left_out = self.skipped() if callable(self.skipped) else self.skipped
         return {
             "inputs": left_out + counts["already"] + counts["ok"] + failures.count,
             "skipped": left_out + counts["already"],
             "ok": previous.ok_rows + counts["ok"],
-            "failed": previous.error_rows - len(replaced()) + failures.count,
-            "shards": list(previous.shards) + shards,
+            "failed": previous.error_rows - len(self._replaced()) + failures.count,
+            "shards": list(previous.shards) + self.shards,
             "errors": ERRORS_FILE,
             "run": {
                 "ok": counts["ok"],
                 "failed": failures.count,
-                "new_shards": [s["file"] for s in shards],
+                "new_shards": [s["file"] for s in self.shards],
             },
             "duplicate_rows": counts["duplicates"],
             "complete": complete,
-            "seconds": round(time.time() - start, 3),
-            "config": dataclasses.asdict(config) if config is not None else None,
+            "seconds": round(time.time() - self.start, 3),
+            "config": dataclasses.asdict(self.config) if self.config is not None else None,
             "energy_rule": ENERGY_RULE,
             "versions": _versions(),
         }
 
-    pending: list[pa.Table] = []
-    pending_rows = 0
+    def _write_manifest(self, complete: bool) -> dict[str, Any]:
+        manifest = self.manifest(complete)
+        self.output.write_bytes(MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+        return manifest
 
-    def flush(tables: list[pa.Table]) -> None:
+    def _flush(self, tables: list[pa.Table]) -> None:
         table = pa.concat_tables(tables, promote_options="default")
         for column in NULLABLE_STRING_COLUMNS:
             if column in table.schema.names and table.schema.field(column).type != pa.string():
@@ -296,27 +319,25 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
                 # shard has one schema, whatever batches its rows came in.
                 index = table.schema.get_field_index(column)
                 table = table.set_column(index, column, table.column(column).cast(pa.string()))
-        name = f"{SHARDS_DIR}/{SHARD_PATTERN.format(first_index + len(shards))}"
-        output.write_table(name, table)
-        shards.append({"file": name, "rows": table.num_rows})
+        number = self.previous.next_shard_index + len(self.shards)
+        name = f"{SHARDS_DIR}/{SHARD_PATTERN.format(number)}"
+        self.output.write_table(name, table)
+        self.shards.append({"file": name, "rows": table.num_rows})
 
-    batches = (
-        () if ds is None else ds.iter_batches(batch_size=rows_per_shard, batch_format="pyarrow")
-    )
-    started = False
-    for batch in batches:
+    def add(self, batch: pa.Table) -> None:
+        """Sort a batch of rows: old, duplicate, failed, or good (shards as they fill)."""
         if not batch.num_rows:
-            continue
-        if not started:
+            return
+        if not self.started:
             # First the settings: a run killed before its end is resumed with them.
-            output.fs.create_dir(output.path(SHARDS_DIR), recursive=True)
-            output.write_bytes(MANIFEST_FILE, json.dumps(manifest(False), indent=2).encode())
-            started = True
+            self.output.fs.create_dir(self.output.path(SHARDS_DIR), recursive=True)
+            self._write_manifest(False)
+            self.started = True
+        counts = self.counts
         errors = batch.column("error").to_pylist()
         paths = batch.column("path").to_pylist()
-        old = done.contains(paths)
-        new = written.add_new([p for p, o in zip(paths, old) if not o])
-        fresh = iter(new)
+        old = self.done.contains(paths)
+        fresh = iter(self.written.add_new([p for p, o in zip(paths, old) if not o]))
         good = np.zeros(batch.num_rows, dtype=bool)
         for i, (path, err, is_old) in enumerate(zip(paths, errors, old)):
             if is_old:
@@ -324,31 +345,33 @@ def _write_shards(ds, output, rows_per_shard, config, resume, skipped, retry,
             elif not next(fresh):
                 counts["duplicates"] += 1
             elif err:
-                failures.add(path, err)
+                self.failures.add(path, err)
             else:
                 good[i] = True
         if good.any():
             kept = batch if good.all() else batch.filter(pa.array(good))
-            pending.append(kept)
-            pending_rows += kept.num_rows
+            self.pending.append(kept)
+            self.pending_rows += kept.num_rows
             counts["ok"] += kept.num_rows
-        while pending_rows >= rows_per_shard:
-            merged = pa.concat_tables(pending, promote_options="default")
-            flush([merged.slice(0, rows_per_shard)])
-            rest = merged.slice(rows_per_shard)
-            pending = [rest] if rest.num_rows else []
-            pending_rows = rest.num_rows
-    if pending_rows:
-        flush(pending)
+        while self.pending_rows >= self.rows_per_shard:
+            merged = pa.concat_tables(self.pending, promote_options="default")
+            self._flush([merged.slice(0, self.rows_per_shard)])
+            rest = merged.slice(self.rows_per_shard)
+            self.pending = [rest] if rest.num_rows else []
+            self.pending_rows = rest.num_rows
 
-    if not (started or retry) and (previous.is_empty or previous.is_settled):
-        return manifest(True)  # nothing new: the output is left as it is
-    if failures.count or retry or not previous.has_errors_file:
-        schema = _errors_table([], []).schema
-        # Read as they are written: old rows a row group at a time, then this run's.
-        tables = itertools.chain(kept_errors(), failures.tables())
-        output.write_tables(ERRORS_FILE, schema, tables, rows_per_group=ERRORS_ROW_GROUP)
-    failures.close()
-    final = manifest(True)
-    output.write_bytes(MANIFEST_FILE, json.dumps(final, indent=2).encode())
-    return final
+    def finish(self) -> dict[str, Any]:
+        """The last (short) shard, the errors table and the final manifest."""
+        if self.pending_rows:
+            self._flush(self.pending)
+            self.pending, self.pending_rows = [], 0
+        previous = self.previous
+        if not (self.started or self.retry) and (previous.is_empty or previous.is_settled):
+            return self.manifest(True)  # nothing new: the output is left as it is
+        if self.failures.count or self.retry or not previous.has_errors_file:
+            schema = _errors_table([], []).schema
+            # Read as they are written: old rows a row group at a time, then this run's.
+            tables = itertools.chain(self._kept_errors(), self.failures.tables())
+            self.output.write_tables(ERRORS_FILE, schema, tables, rows_per_group=ERRORS_ROW_GROUP)
+        self.failures.close()
+        return self._write_manifest(True)
