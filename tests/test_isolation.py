@@ -192,6 +192,32 @@ def test_children_fork_from_one_zygote_per_environment(monkeypatch):
         pool.close()
 
 
+def _thread_counts(config):
+    """A child's target: its torch and Numba thread counts once its worker is built."""
+    from cps_ray.pipeline.worker import child_video_worker
+
+    child_video_worker(config, 2)
+    import numba
+    import torch
+
+    return lambda _: (torch.get_num_threads(), numba.get_num_threads())
+
+
+def test_a_forked_child_keeps_one_torch_thread(monkeypatch):
+    """Numba's warm-up resets OpenMP's thread count in a forked child; the
+    child sets torch's back to one after it (two children ran 2.4x slower)."""
+    from cps_ray.devices import default_ffmpeg_threads
+
+    worker = IsolatedWorker(
+        functools.partial(_thread_counts, CFG), timeout_s=60, preload=VIDEO_PRELOAD
+    )
+    try:
+        ok, counts = worker.run("x")
+    finally:
+        worker.close()
+    assert ok and counts == (1, min(default_ffmpeg_threads(2), os.cpu_count()))
+
+
 @pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
 def test_zygote_and_children_exit_with_their_owner(tmp_path):
     """An owner killed outright (an OOM kill of an actor) leaves no zygote

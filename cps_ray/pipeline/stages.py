@@ -78,8 +78,9 @@ def child_frame_decoder(
 ) -> FrameDecoder:
     """The :class:`FrameDecoder` of a decode actor's isolated child, using
     the actor's share of the cores (see :func:`share_cores`)."""
-    share_cores(num_threads)
-    return FrameDecoder(config, num_threads, processes_per_gpu)
+    decoder = FrameDecoder(config, num_threads, processes_per_gpu)
+    share_cores(num_threads, numba_threads=False)
+    return decoder
 
 
 class DecodeStage:

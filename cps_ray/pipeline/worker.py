@@ -68,9 +68,10 @@ class VideoWorker:
         return video_row(self.config, self.resolved, self.num_threads, path)
 
 
-def share_cores(threads: int) -> None:
+def share_cores(threads: int, *, numba_threads: bool = True) -> None:
     """Size an isolated child's compute pools: ``threads`` Numba threads (its
-    share of the cores) and one torch thread.
+    share of the cores; skipped with ``numba_threads=False``, a child that
+    only decodes) and one torch thread.
 
     Threads of one process share torch's and Numba's pools; separate
     processes do not, and pools sized to every core (the default)
@@ -78,12 +79,19 @@ def share_cores(threads: int) -> None:
     here, and its idle OpenMP threads spin on the cores FFmpeg decodes on: one
     torch thread made a child 30% faster (13.3 vs 10.3 videos/s on 2 cores),
     and two children on two cores twice as fast.
+
+    Call it once the worker is built: starting Numba's OpenMP pool (its
+    warm-up, or ``set_num_threads``) sets OpenMP's thread count back to the
+    cores, torch's included. In a child forked from a zygote it did, and two
+    children ran 2.4 times slower.
     """
-    import numba
+    if numba_threads:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     import torch
 
     torch.set_num_threads(1)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 # What an isolated child of :class:`Worker` imports, once per zygote.
@@ -101,8 +109,9 @@ def child_video_worker(
     config: PatchStreamConfig, concurrent_videos: int, processes_per_gpu: int = 1
 ) -> VideoWorker:
     """The :class:`VideoWorker` of an isolated child, one of ``concurrent_videos``."""
+    worker = VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
     share_cores(default_ffmpeg_threads(concurrent_videos))
-    return VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
+    return worker
 
 
 class Worker:
