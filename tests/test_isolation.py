@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +191,37 @@ def test_children_fork_from_one_zygote_per_environment(monkeypatch):
         again.close()
     finally:
         pool.close()
+
+
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_a_fork_of_the_caller_starts_its_own_zygote():
+    """A process forked from one that holds a zygote (a DataLoader worker,
+    say) never talks to its parent's zygote: it starts its own."""
+    code = (
+        "import functools, os, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_isolation import _parent_and_env\n"
+        "from cps_ray.pipeline.isolation import IsolatedWorker\n"
+        "make = functools.partial(_parent_and_env, 'HOME')\n"
+        "def zygote():\n"
+        "    w = IsolatedWorker(make, timeout_s=30, preload=('json',))\n"
+        "    ok, (pid, _) = w.run('x')\n"
+        "    w.close()\n"
+        "    with open(f'/proc/{pid}/stat') as f:\n"
+        "        return pid, int(f.read().rsplit(')', 1)[1].split()[1])\n"
+        "print(os.getpid(), *zygote(), flush=True)\n"
+        "if os.fork() == 0:\n"
+        "    print(os.getpid(), *zygote(), flush=True)\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (parent, zygote, owner), (child, child_zygote, child_owner) = (
+        map(int, line.split()) for line in done.stdout.splitlines()
+    )
+    assert (owner, child_owner) == (parent, child) and child_zygote != zygote
 
 
 def _thread_counts(config):

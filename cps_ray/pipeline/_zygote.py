@@ -181,6 +181,17 @@ _zygotes: dict[tuple, Zygote] = {}
 _zygotes_lock = threading.Lock()
 
 
+def _forget_inherited() -> None:
+    """In a fork of this process (a DataLoader worker, say): the parent's
+    zygotes stay the parent's; this process starts its own when it needs one."""
+    global _zygotes, _zygotes_lock
+    _zygotes, _zygotes_lock = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
+
+
 def fork_child(
     preload: tuple[str, ...], env: dict[str, str], sock: socket.socket, startup_timeout_s: float
 ) -> ForkedChild:
