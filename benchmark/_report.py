@@ -1,10 +1,13 @@
-"""Tables, target checks and the bar chart of ``benchmark_codec_apis.py``."""
+"""Tables, target checks and the bar chart of ``benchmark_codec_apis.py``; a
+measurement in a fresh process (:func:`run_fresh`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import subprocess
+import sys
 
 DECODE_TARGET = 1.3  # decode_only >= 1.3x decord's best, on CPU
 PATCH_TARGET = 0.9  # patch_stream within 10% of decode_only
@@ -192,3 +195,13 @@ def write_json(path: str, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2, default=str)
     print(f"wrote {path}")
+
+
+def run_fresh(code: str, args: list[str], env: dict[str, str], cwd=None) -> dict:
+    """Run ``python -c code *args`` in a fresh process; its last stdout line is
+    a JSON object, returned. A failure ends the benchmark with its stderr."""
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=cwd)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])

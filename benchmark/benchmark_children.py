@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from _report import run_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,11 +87,7 @@ print(json.dumps({"first_row_s": first_row, "first_call_s": calls[0], "second_ca
 
 def run_once(fork: bool, workers: int, videos: list[str]) -> dict:
     env = dict(os.environ, CPS_RAY_FORK_CHILDREN="1" if fork else "0")
-    done = subprocess.run([sys.executable, "-c", CHILD, str(workers), *videos], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_fresh(CHILD, [str(workers), *videos], env, cwd=REPO)
 
 
 def main() -> None:

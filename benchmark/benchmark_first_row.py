@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _report import run_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,11 +46,7 @@ def run_once(code: Path, videos: list[str]) -> dict:
     time.sleep(5)  # the last run's Ray processes are still exiting
     env = dict(os.environ, PYTHONPATH=str(code), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", CHILD, *videos], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_fresh(CHILD, videos, env)
 
 
 def main() -> None:

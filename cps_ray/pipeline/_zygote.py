@@ -70,6 +70,20 @@ def supported() -> bool:
     )
 
 
+def spawn_module(module: str, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen:
+    """``python -m MODULE FD`` with ``sock`` as FD and ``env`` as its whole
+    environment: how a zygote, or a child where there is none, starts.
+    Library chatter goes to stderr: the caller's stdout may be data."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, str(sock.fileno())],
+        pass_fds=(sock.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
+        env=env,
+        close_fds=True,
+    )
+
+
 def _key(preload: tuple[str, ...], env: dict[str, str], cwd: str) -> tuple:
     kept = tuple(
         sorted(
@@ -87,14 +101,7 @@ class Zygote:
     def __init__(self, preload: tuple[str, ...], env: dict[str, str], startup_timeout_s: float):
         parent_sock, child_sock = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
-                env=env,
-                close_fds=True,
-            )
+            self.proc = spawn_module(__name__, child_sock, env)
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())

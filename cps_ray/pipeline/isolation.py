@@ -153,25 +153,13 @@ class IsolatedWorker:
             if _zygote.supported():
                 self._proc = _zygote.fork_child(self.preload, env, child_sock, STARTUP_TIMEOUT_S)
             else:
-                self._proc = self._popen(child_sock, env)
+                self._proc = _zygote.spawn_module(CHILD_MODULE, child_sock, env)
         except BaseException:
             parent_sock.close()
             raise
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
-
-    @staticmethod
-    def _popen(child_sock: socket.socket, env: dict[str, str]) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE, str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-            # Library chatter goes to stderr: the caller's stdout may be data.
-            stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-        )
 
     def _await_ready(self) -> None:
         try:
