@@ -1,17 +1,23 @@
 """``select_patches``: run a selection kernel on frames the caller has, and
 turn its integer output into the tensors of DESIGN.md.
+
+:func:`select_on_cpu` is the same selection on the CPU in NumPy alone, as a
+row keeps it: a Ray select actor that selects on the CPU never imports torch.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import baselines, convert, devices
 from .config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, _check_choice, _check_int
 from .errors import ConfigError, DeviceUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cuda_simulator_enabled() -> bool:
@@ -25,7 +31,7 @@ def check_frames(frames, patch_size: int, k_keep: int) -> tuple[int, int, int]:
     """
     shape = tuple(frames.shape)
     dtype = frames.dtype
-    if dtype not in (np.uint8, torch.uint8):
+    if str(dtype) not in ("uint8", "torch.uint8"):
         raise ConfigError("frames", f"dtype {dtype}", "Frames must be uint8 [T, 3, S, S].")
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[0] < 1:
         raise ConfigError("frames", f"shape {shape}", "Frames must be uint8 [T, 3, S, S].")
@@ -42,7 +48,21 @@ def check_frames(frames, patch_size: int, k_keep: int) -> tuple[int, int, int]:
     return t, s, g
 
 
-def finish(
+def fields_and_scores(
+    flat: np.ndarray, energies: np.ndarray, *, grid_size: int, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kept flat indices and energies -> ``meta_fields`` int32 ``[k, 3]`` =
+    (t, r, c) and ``meta_scores`` float32 ``E / (3 n^2)``, the mean squared
+    residual. A few NumPy passes over k values: torch's per-op overhead
+    would cost more than the selection kernel itself."""
+    n = patch_size * patch_size
+    t, rc = np.divmod(flat, grid_size * grid_size)
+    r, c = np.divmod(rc, grid_size)
+    fields = np.stack([t, r, c], axis=1).astype(np.int32)
+    return fields, (energies / float(3 * n * n)).astype(np.float32)
+
+
+def finish_on_device(
     patches: torch.Tensor,
     flat: torch.Tensor,
     energies: torch.Tensor,
@@ -51,24 +71,17 @@ def finish(
     patch_size: int,
     output_dtype: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kernel output -> ``(patches, meta_fields, meta_scores)`` on the kernel's device.
+    """CUDA kernel output -> ``(patches, meta_fields, meta_scores)`` on its
+    device, computed as :func:`fields_and_scores` computes them.
 
     patches: the kernel wrote the bits of ``output_dtype`` through
     :func:`~cps_ray.convert.bits_table` (``uint8 / 255``, correctly rounded,
-    the same bits on every device); meta_fields: int32 ``[k, 3]`` = (t, r, c);
-    meta_scores: float32 ``E / (3 n^2)``, the mean squared residual.
+    the same bits on every device).
     """
+    import torch
+
     n_patches = grid_size * grid_size
     n = patch_size * patch_size
-    if flat.device.type == "cpu":
-        # A few NumPy passes over k values: torch's per-op overhead would
-        # cost more than the selection kernel itself.
-        f = flat.numpy()
-        t, rc = np.divmod(f, n_patches)
-        r, c = np.divmod(rc, grid_size)
-        meta_fields = torch.from_numpy(np.stack([t, r, c], axis=1).astype(np.int32))
-        scores = (energies.numpy() / float(3 * n * n)).astype(np.float32)
-        return convert.from_bits(patches, output_dtype), meta_fields, torch.from_numpy(scores)
     t = torch.div(flat, n_patches, rounding_mode="floor")
     rc = flat - t * n_patches
     r = torch.div(rc, grid_size, rounding_mode="floor")
@@ -79,7 +92,7 @@ def finish(
 
 
 def _as_numpy(frames) -> np.ndarray:
-    if isinstance(frames, torch.Tensor):
+    if hasattr(frames, "detach"):  # a torch tensor, on any device
         return np.ascontiguousarray(frames.detach().cpu().numpy())
     return np.ascontiguousarray(frames)
 
@@ -130,41 +143,81 @@ def select_patches(
         ``cuda:{device_id}`` for ``gpu``. ``meta_scores`` are the kept
         patches' energies whatever chose them.
     """
+    t, g = _check_arguments(frames, patch_size, k_keep, backend, device_id, output_dtype,
+                            selection, seed)  # fmt: skip
+    if backend == "auto":
+        backend = "gpu" if devices.cuda_available() else "cpu"
+    if backend == "cpu":
+        import torch
+
+        bits, fields, scores = _select_on_cpu(frames, patch_size, k_keep, output_dtype,
+                                              selection, seed, t, g)  # fmt: skip
+        patches = convert.from_bits(torch.from_numpy(bits), output_dtype)
+        return patches, torch.from_numpy(fields), torch.from_numpy(scores)
+    if not cuda_simulator_enabled():
+        count = devices.cuda_device_count()
+        if count == 0 or device_id >= count:
+            field = "backend" if count == 0 else "device_id"
+            value = "gpu" if count == 0 else device_id
+            raise DeviceUnavailableError(field, value, devices.describe_node())
+    from .kernels import cuda as cuda_kernel
+
+    patches, flat, energies = cuda_kernel.select(
+        frames,
+        patch_size,
+        k_keep,
+        device_id=device_id,
+        flat=chosen_indices(selection, t, g, k_keep, seed),
+        table=convert.bits_table(output_dtype),
+    )
+    return finish_on_device(
+        patches, flat, energies, grid_size=g, patch_size=patch_size, output_dtype=output_dtype
+    )
+
+
+def _check_arguments(
+    frames, patch_size, k_keep, backend, device_id, output_dtype, selection, seed
+) -> tuple[int, int]:
+    """Validate :func:`select_patches`' arguments; ``(T, G)``."""
     _check_choice("backend", backend, BACKENDS)
     _check_choice("output_dtype", output_dtype, OUTPUT_DTYPES)
     _check_choice("selection", selection, SELECTIONS)
     _check_int("device_id", device_id, 0)
     _check_int("seed", seed, 0)
     t, _, g = check_frames(frames, patch_size, k_keep)
-    if backend == "auto":
-        backend = "gpu" if devices.cuda_available() else "cpu"
-    flat = chosen_indices(selection, t, g, k_keep, seed)
-    table = convert.bits_table(output_dtype)
-    if backend == "gpu":
-        if not cuda_simulator_enabled():
-            count = devices.cuda_device_count()
-            if count == 0 or device_id >= count:
-                field = "backend" if count == 0 else "device_id"
-                value = "gpu" if count == 0 else device_id
-                raise DeviceUnavailableError(field, value, devices.describe_node())
-        from .kernels import cuda as cuda_kernel
+    return t, g
 
-        patches, flat, energies = cuda_kernel.select(
-            frames, patch_size, k_keep, device_id=device_id, flat=flat, table=table
-        )
-    else:
-        from .kernels import cpu as cpu_kernel
 
-        out = cpu_kernel.select(_as_numpy(frames), patch_size, k_keep, flat=flat, table=table)
-        patches, flat, energies = (torch.from_numpy(a) for a in out)
-    return finish(
-        patches,
-        flat,
-        energies,
-        grid_size=g,
-        patch_size=patch_size,
-        output_dtype=output_dtype,
+def _select_on_cpu(frames, patch_size, k_keep, output_dtype, selection, seed, t, g):
+    from .kernels import cpu as cpu_kernel
+
+    bits, flat, energies = cpu_kernel.select(
+        _as_numpy(frames),
+        patch_size,
+        k_keep,
+        flat=chosen_indices(selection, t, g, k_keep, seed),
+        table=convert.bits_table(output_dtype),
     )
+    fields, scores = fields_and_scores(flat, energies, grid_size=g, patch_size=patch_size)
+    return bits, fields, scores
+
+
+def select_on_cpu(
+    frames,
+    *,
+    patch_size: int,
+    k_keep: int,
+    output_dtype: str = "fp32",
+    selection: str = "energy",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``select_patches(..., backend="cpu")`` in NumPy, without torch: the
+    same bits, with ``patches`` as a row keeps them (bf16 as uint16 bits,
+    see :data:`cps_ray.convert.ROW_DTYPES`)."""
+    t, g = _check_arguments(frames, patch_size, k_keep, "cpu", 0, output_dtype, selection, seed)
+    bits, fields, scores = _select_on_cpu(frames, patch_size, k_keep, output_dtype, selection,
+                                          seed, t, g)  # fmt: skip
+    return convert.row_array(bits, output_dtype), fields, scores
 
 
 def select_video(frames, config, path: str, backend: str):
@@ -177,6 +230,18 @@ def select_video(frames, config, path: str, backend: str):
         k_keep=config.k_keep,
         backend=backend,
         device_id=config.process_device_id,
+        output_dtype=config.output_dtype,
+        selection=config.selection,
+        seed=baselines.video_seed(path, config.selection_seed),
+    )
+
+
+def select_video_on_cpu(frames, config, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`select_video` on the CPU in NumPy (see :func:`select_on_cpu`)."""
+    return select_on_cpu(
+        frames,
+        patch_size=config.patch_size,
+        k_keep=config.k_keep,
         output_dtype=config.output_dtype,
         selection=config.selection,
         seed=baselines.video_seed(path, config.selection_seed),

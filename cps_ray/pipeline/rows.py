@@ -44,7 +44,11 @@ ROW_COLUMNS = (
 NULLABLE_STRING_COLUMNS = ("device_fallback", "error")
 
 
-def patches_to_numpy(patches: torch.Tensor) -> np.ndarray:
+def patches_to_numpy(patches: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Patches as a row keeps them; a NumPy array (from
+    :func:`~cps_ray.select.select_on_cpu`) already is."""
+    if isinstance(patches, np.ndarray):
+        return patches
     import torch
 
     patches = patches.detach().cpu().contiguous()
@@ -65,9 +69,9 @@ def row_patches(row: dict[str, Any]) -> torch.Tensor:
 
 def make_row(
     path: str,
-    patches: torch.Tensor,
-    meta_fields: torch.Tensor,
-    meta_scores: torch.Tensor,
+    patches: torch.Tensor | np.ndarray,
+    meta_fields: torch.Tensor | np.ndarray,
+    meta_scores: torch.Tensor | np.ndarray,
     frame_indices,
     timestamps,
     decode_backend: str,
@@ -75,14 +79,15 @@ def make_row(
     output_dtype: str,
     device_fallback: str | None = None,
 ) -> dict[str, Any]:
-    """A success row from tensors on any device. ``device_fallback``: why
-    ``auto`` decoded on the CPU of a GPU node (None when it did not)."""
+    """A success row from tensors on any device, or from NumPy arrays (the
+    patches as a row keeps them). ``device_fallback``: why ``auto`` decoded
+    on the CPU of a GPU node (None when it did not)."""
     return {
         "path": row_path(path),
         "patches": patches_to_numpy(patches),
         "patches_dtype": output_dtype,
-        "meta_fields": meta_fields.detach().cpu().numpy(),
-        "meta_scores": meta_scores.detach().cpu().numpy(),
+        "meta_fields": _on_host(meta_fields),
+        "meta_scores": _on_host(meta_scores),
         "frame_indices": _host_array(frame_indices, np.int64),
         "timestamps": _host_array(timestamps, np.float64),
         "decode_backend": decode_backend,
@@ -92,10 +97,14 @@ def make_row(
     }
 
 
-def _host_array(values, dtype) -> np.ndarray:
+def _on_host(values) -> np.ndarray:
     if hasattr(values, "detach"):  # a torch tensor, on any device
-        values = values.detach().cpu().numpy()
-    return np.array(values, dtype=dtype)  # a copy: rows own their arrays
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _host_array(values, dtype) -> np.ndarray:
+    return np.array(_on_host(values), dtype=dtype)  # a copy: rows own their arrays
 
 
 def success_row(session: PatchStream) -> dict[str, Any]:

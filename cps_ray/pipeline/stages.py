@@ -183,9 +183,18 @@ class SelectStage:
             return self.fixed_backend
         return "gpu" if decode_backend == "gpu" and self.has_cuda else "cpu"
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def select(self, frames: np.ndarray, path: str, backend: str):
+        """One video's selection: in NumPy on the CPU (this process never
+        imports torch for it), through torch on a GPU."""
+        if backend == "cpu":
+            from ..select import select_video_on_cpu
+
+            return select_video_on_cpu(frames, self.config, path)
         from ..select import select_video
 
+        return select_video(frames, self.config, path, backend)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
         rows: list[dict[str, Any]] = []
         for i, path in enumerate(_paths(batch)):
@@ -195,7 +204,7 @@ class SelectStage:
             error = batch["error"][i]
             if not isinstance(error, str) or not error:
                 try:
-                    patches, fields, scores = select_video(batch["frames"][i], cfg, path, backend)
+                    patches, fields, scores = self.select(batch["frames"][i], path, backend)
                     rows.append(
                         make_row(
                             path,
