@@ -274,6 +274,124 @@ def test_zygote_and_children_exit_with_their_owner(tmp_path):
     assert not alive
 
 
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_actors_of_a_node_fork_their_children_from_one_zygote(ray_session):
+    """Every Ray actor of a node forks its isolated children from one
+    detached zygote (torch and torchcodec imported once per node, not per
+    actor and pipeline); a killed actor's children go, the zygote stays and
+    serves the next actor."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Owner:  # refers to nothing of this module: Ray workers cannot import it
+        def __init__(self):
+            import functools
+            import os
+
+            from cps_ray.pipeline.isolation import IsolatedWorker
+
+            self.worker = IsolatedWorker(functools.partial(os.getpid), timeout_s=30,
+                                         preload=("json",))  # fmt: skip
+            self.worker.start()
+
+        def child(self):
+            import os
+
+            with open(f"/proc/{self.worker.pid}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            return os.getpid(), self.worker.pid, parent
+
+    first, second = Owner.remote(), Owner.remote()
+    (owner_a, child_a, zygote), (owner_b, child_b, zygote_b) = ray.get(
+        [first.child.remote(), second.child.remote()]
+    )
+    assert zygote == zygote_b and child_a != child_b
+    server = psutil.Process(zygote)
+    assert "--node" in server.cmdline() and server.ppid() not in (owner_a, owner_b)
+    ray.kill(first)
+    gone, alive = psutil.wait_procs([psutil.Process(child_a)], timeout=20)
+    assert not alive and server.is_running()
+    third = Owner.remote()
+    assert ray.get(third.child.remote())[2] == zygote
+    ray.kill(second)
+    ray.kill(third)
+
+
+def _knock_as(uid: int, name: str) -> str:
+    """What a process of user ``uid`` gets when it asks the zygote ``name``
+    to serve it (forked, then its user changed: no interpreter to start)."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        answer = b"refused"
+        try:
+            os.setuid(uid)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect("\0" + name)
+            conn = Connection(sock.detach())
+            conn.send(("hello",))
+            if conn.poll(30):
+                answer = repr(conn.recv()).encode()
+        except (EOFError, ConnectionError):  # closed on it: refused
+            pass
+        except BaseException as err:
+            answer = repr(err).encode()
+        os.write(write, answer)
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as answer:
+        return answer.read().decode()
+
+
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_a_node_zygote_serves_owners_of_its_user_until_its_raylet_goes(monkeypatch, tmp_path):
+    """The node's zygote (what Ray actors share; here a plain process stands
+    in for the raylet): a second owner reaches the same one, an owner gone
+    takes its children, another user is refused, and the zygote exits with
+    the raylet, or after its idle time without an owner."""
+    monkeypatch.setattr(_zygote, "NODE_IDLE_S", 1.0)
+    env = dict(os.environ)
+    raylet = subprocess.Popen(["sleep", "600"])
+    name = _zygote.node_name(("test", str(tmp_path)), raylet.pid)
+    try:
+        first = _zygote.NodeZygote(name, raylet.pid, ("json",), env, 30)
+        server = psutil.Process(first.pid)
+        mine, theirs = __import__("socket").socketpair()
+        child = first.fork(theirs, env, str(tmp_path))
+        theirs.close()
+        assert psutil.Process(child.pid).ppid() == first.pid != os.getpid()
+        second = _zygote.NodeZygote(name, raylet.pid, ("json",), env, 30)
+        assert second.pid == first.pid
+        first.close()  # an owner gone: its child is killed and reaped
+        gone, alive = psutil.wait_procs([psutil.Process(child.pid)], timeout=10)
+        assert not alive and server.is_running()
+        mine.close()
+        if os.getuid() == 0:  # another user's process is never served
+            assert _knock_as(65534, name) == "refused"
+            assert _knock_as(0, name) == "('ready', None)"  # the check itself works
+        raylet.kill()  # an owner is still connected: the raylet decides
+        gone, alive = psutil.wait_procs([server], timeout=10)
+        assert not alive
+        second.close()
+    finally:
+        raylet.kill()
+        raylet.wait()
+    raylet = subprocess.Popen(["sleep", "600"])
+    try:
+        idle = _zygote.NodeZygote(name, raylet.pid, ("json",), env, 30)
+        server = psutil.Process(idle.pid)
+        idle.close()
+        gone, alive = psutil.wait_procs([server], timeout=15)
+        assert not alive  # 1 s without an owner
+    finally:
+        raylet.kill()
+        raylet.wait()
+
+
 class _Unpicklable:
     def __reduce__(self):
         raise TypeError("cannot pickle this factory")

@@ -8,8 +8,8 @@ children need (nothing more: no CUDA context, no thread pool, no file
 opened), then forks a child per request. A fork of it is ready in
 milliseconds, and shares its memory until written.
 
-``python -m cps_ray.pipeline._zygote FD`` talks to its owner over a socket
-pair (FD is its end):
+``python -m cps_ray.pipeline._zygote_serve FD`` (:mod:`._zygote_serve`)
+talks to its owner over a socket pair (FD is its end):
 
 - the first message is the tuple of modules to import; it answers
   ``("ready", None)`` or ``("failed", reason)``;
@@ -27,21 +27,39 @@ socket; its children notice it is gone (their parent) and exit too.
 Which zygote a child comes from is keyed by the modules it preloads and by
 the environment, less the variables cps_ray reads when a video is decoded
 (:data:`PER_CALL_ENV`), which each child takes from its owner.
+
+**One zygote per node in a Ray cluster.** In a Ray worker (its parent is
+the raylet) the zygote is shared by every actor of the node whose key is the
+same: every decode actor of a pipeline, and of the pipelines after it, forks
+its children from one process that imported torch and torchcodec once.
+``python -m cps_ray.pipeline._zygote_serve --node NAME ANCHOR IDLE_S MODULES``
+detaches itself from the actor that starts it (nobody's child, in a session
+of its own: Ray's clean-up of a dead actor's children and process group
+spares it), listens on the abstract Unix socket ``NAME``, and serves each
+connected owner as above, one request at a time:
+
+- it answers only processes of its own user (``SO_PEERCRED``), and an owner
+  sends nothing before it has checked the zygote's user the same way;
+- an owner that disconnects (an actor killed, say) has its children killed;
+- it exits when the raylet (``ANCHOR``) is gone, or after ``IDLE_S`` s
+  without an owner; ``CPS_RAY_NODE_ZYGOTE=0`` keeps one zygote per actor.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib
+import hashlib
 import os
+import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle, send_handle
+from multiprocessing.reduction import send_handle
 
 from ..errors import IsolationError
 
@@ -57,7 +75,11 @@ PER_CALL_ENV = (
 PER_CALL_PREFIXES = ("AWS_",)
 # Zygotes kept per process; one without live children is closed to make room.
 MAX_ZYGOTES = 4
-_POLL_S = 0.5
+POLL_S = 0.5
+SERVE_MODULE = "cps_ray.pipeline._zygote_serve"
+# A node's zygote holds torch and torchcodec (about 400 MiB, shared with its
+# children); it goes after this long without an owner.
+NODE_IDLE_S = 300.0
 
 
 def supported() -> bool:
@@ -70,13 +92,34 @@ def supported() -> bool:
     )
 
 
-def spawn_module(module: str, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen:
-    """``python -m MODULE FD`` with ``sock`` as FD and ``env`` as its whole
-    environment: how a zygote, or a child where there is none, starts.
-    Library chatter goes to stderr: the caller's stdout may be data."""
+def node_sharing() -> bool:
+    """Children may come from the node's zygote: switched off by
+    ``CPS_RAY_NODE_ZYGOTE=0``."""
+    return os.environ.get("CPS_RAY_NODE_ZYGOTE", "1") not in ("", "0")
+
+
+def node_anchor() -> int | None:
+    """The raylet's pid when this process is a Ray worker (the raylet starts
+    workers as its children), else ``None``: a process of its own."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/comm") as comm:
+            return parent if comm.read().strip() == "raylet" else None
+    except OSError:
+        return None
+
+
+def spawn_module(
+    module: str, sock: socket.socket | None, env: dict[str, str], args: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """``python -m MODULE FD`` with ``sock`` as FD (or ``python -m MODULE
+    ARGS``) and ``env`` as its whole environment: how a zygote, or a child
+    where there is none, starts. Library chatter goes to stderr: the
+    caller's stdout may be data."""
+    fds = () if sock is None else (sock.fileno(),)
     return subprocess.Popen(
-        [sys.executable, "-m", module, str(sock.fileno())],
-        pass_fds=(sock.fileno(),),
+        [sys.executable, "-m", module, *map(str, fds), *args],
+        pass_fds=fds,
         stdin=subprocess.DEVNULL,
         stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
         env=env,
@@ -95,20 +138,17 @@ def _key(preload: tuple[str, ...], env: dict[str, str], cwd: str) -> tuple:
     return preload, kept, cwd, sys.executable
 
 
-class Zygote:
-    """The owner's handle on one zygote. Thread-safe."""
+class _Handle:
+    """An owner's side of a connection to a zygote. Thread-safe."""
 
-    def __init__(self, preload: tuple[str, ...], env: dict[str, str], startup_timeout_s: float):
-        parent_sock, child_sock = socket.socketpair()
-        try:
-            self.proc = spawn_module(__name__, child_sock, env)
-        finally:
-            child_sock.close()
-        self._conn = Connection(parent_sock.detach())
+    _conn: Connection
+
+    def _start(self, conn: Connection, hello, startup_timeout_s: float) -> None:
+        self._conn = conn
         self._lock = threading.Lock()
         self.live = 0  # children forked and not yet waited for
         try:
-            self._conn.send(tuple(preload))
+            self._conn.send(hello)
             if not self._conn.poll(startup_timeout_s):
                 raise IsolationError(f"a decoder process did not start in {startup_timeout_s:g} s")
             kind, value = self._conn.recv()
@@ -127,7 +167,7 @@ class Zygote:
             try:
                 self._conn.send(message)
                 if handle is not None:
-                    send_handle(self._conn, handle, self.proc.pid)
+                    send_handle(self._conn, handle, 0)
                 return self._conn.recv()[1]
             except (EOFError, OSError):
                 raise IsolationError("the process that starts decoders is gone") from None
@@ -148,6 +188,18 @@ class Zygote:
                 self.live -= 1
         return code
 
+
+class Zygote(_Handle):
+    """This process's own zygote, its child."""
+
+    def __init__(self, preload: tuple[str, ...], env: dict[str, str], startup_timeout_s: float):
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            self.proc = spawn_module(SERVE_MODULE, child_sock, env)
+        finally:
+            child_sock.close()
+        self._start(Connection(parent_sock.detach()), tuple(preload), startup_timeout_s)
+
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -161,10 +213,69 @@ class Zygote:
             return self.proc.wait()
 
 
+def peer(sock: socket.socket) -> tuple[int, int]:
+    """``(pid, uid)`` of the process at the other end of a Unix socket."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid, uid
+
+
+def node_name(key: tuple, anchor: int) -> str:
+    """The abstract socket a node's zygote for ``key`` listens on."""
+    digest = hashlib.sha256(pickle.dumps(key)).hexdigest()[:24]
+    return f"cps_ray-zygote-{os.getuid()}-{anchor}-{digest}"
+
+
+class NodeZygote(_Handle):
+    """A connection to the zygote this node's Ray workers share; started
+    (detached) by the first owner that finds none."""
+
+    def __init__(self, name: str, anchor: int, preload: tuple[str, ...], env: dict[str, str],
+                 startup_timeout_s: float):  # fmt: skip
+        sock = self._connect(name)
+        if sock is None:
+            args = ("--node", name, str(anchor), str(NODE_IDLE_S), ",".join(preload))
+            spawn_module(SERVE_MODULE, None, env, args).wait()  # it detaches at once
+            deadline = time.monotonic() + min(startup_timeout_s, 30.0)
+            while sock is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                sock = self._connect(name)
+            if sock is None:
+                raise IsolationError("the process that starts decoders did not start listening")
+        self.pid, uid = peer(sock)
+        if uid != os.getuid():
+            sock.close()
+            raise IsolationError(f"the decoder socket {name!r} belongs to another user ({uid})")
+        self._start(Connection(sock.detach()), ("hello",), startup_timeout_s)
+
+    @staticmethod
+    def _connect(name: str) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect("\0" + name)
+        except OSError:  # nobody listens (yet)
+            sock.close()
+            return None
+        return sock
+
+    @property
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not self._conn.closed
+
+    def close(self) -> int | None:
+        self._conn.close()  # the zygote kills the children still running
+        return None
+
+
 class ForkedChild:
     """What :class:`subprocess.Popen` offers of a child, for one a zygote forked."""
 
-    def __init__(self, zygote: Zygote, pid: int):
+    def __init__(self, zygote: _Handle, pid: int):
         self.zygote, self.pid = zygote, pid
         self.returncode: int | None = None
 
@@ -184,7 +295,7 @@ class ForkedChild:
         return self.returncode
 
 
-_zygotes: dict[tuple, Zygote] = {}
+_zygotes: dict[tuple, _Handle] = {}
 _zygotes_lock = threading.Lock()
 
 
@@ -202,20 +313,23 @@ if hasattr(os, "register_at_fork"):
 def fork_child(
     preload: tuple[str, ...], env: dict[str, str], sock: socket.socket, startup_timeout_s: float
 ) -> ForkedChild:
-    """A child serving ``sock``, forked from this process's zygote for
-    ``preload`` and ``env`` (started if needed; one found dead is replaced)."""
+    """A child serving ``sock``, forked from the zygote for ``preload`` and
+    ``env``: the node's in a Ray worker, else this process's (started if
+    needed; one found dead is replaced)."""
     cwd = os.getcwd()
-    zygote = _zygote_for(_key(preload, env, cwd), preload, env, startup_timeout_s)
+    anchor = node_anchor() if node_sharing() else None
+    key = (*_key(preload, env, cwd), anchor)
+    zygote = _zygote_for(key, anchor, preload, env, startup_timeout_s)
     try:
         return zygote.fork(sock, env, cwd)
     except IsolationError:
         zygote.close()  # killed from outside between two children, say
     # once more, from a fresh zygote
-    zygote = _zygote_for(_key(preload, env, cwd), preload, env, startup_timeout_s)
+    zygote = _zygote_for(key, anchor, preload, env, startup_timeout_s)
     return zygote.fork(sock, env, cwd)
 
 
-def _zygote_for(key: tuple, preload, env, startup_timeout_s: float) -> Zygote:
+def _zygote_for(key: tuple, anchor: int | None, preload, env, startup_timeout_s) -> _Handle:
     with _zygotes_lock:
         zygote = _zygotes.pop(key, None)
         if zygote is not None and not zygote.alive:
@@ -227,7 +341,11 @@ def _zygote_for(key: tuple, preload, env, startup_timeout_s: float) -> Zygote:
                 if old.live <= 0:  # oldest first
                     del _zygotes[old_key]
                     old.close()
-            zygote = Zygote(preload, env, startup_timeout_s)
+            if anchor is None:
+                zygote = Zygote(preload, env, startup_timeout_s)
+            else:
+                name = node_name(key[:-1], anchor)
+                zygote = NodeZygote(name, anchor, preload, env, startup_timeout_s)
         _zygotes[key] = zygote  # most recently used last
         return zygote
 
@@ -238,72 +356,3 @@ def close_all() -> None:
         for zygote in _zygotes.values():
             zygote.close()
         _zygotes.clear()
-
-
-# -- the zygote's side ---------------------------------------------------------------
-
-
-def _wait(pid: int, timeout: float | None) -> int | None:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if deadline is not None and time.monotonic() >= deadline:
-            return None
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def _child(conn: Connection, fd: int, env: dict[str, str], cwd: str) -> None:
-    conn.close()
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        os.chdir(cwd)
-    except OSError:
-        pass
-    from . import _isolated_child
-
-    try:
-        _isolated_child.main(fd)
-    finally:
-        os._exit(0)
-
-
-def main(fd: int) -> None:
-    owner = os.getppid()
-    conn = Connection(socket.socket(fileno=fd).detach())
-    try:
-        for name in conn.recv():
-            importlib.import_module(name)
-    except Exception as err:  # an import failing under memory pressure, say
-        conn.send(("failed", f"{type(err).__name__}: {err}"))
-        return
-    conn.send(("ready", None))
-    while os.getppid() == owner:
-        if not conn.poll(_POLL_S):
-            continue
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            break
-        if message[0] == "fork":
-            _, env, cwd = message
-            child_fd = recv_handle(conn)
-            pid = os.fork()
-            if pid == 0:
-                _child(conn, child_fd, env, cwd)
-            os.close(child_fd)
-            conn.send(("forked", pid))
-        elif message[0] == "wait":
-            conn.send(("waited", _wait(message[1], message[2])))
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]))
