@@ -2,9 +2,10 @@
 
 Each run is a fresh process that starts a local Ray (2 CPUs; not timed),
 then builds ``patch_dataset`` over the sample videos and times its first row
-and its last. ``--checkout DIR`` runs the code of another checkout (a
-``git worktree`` of an older commit) instead of this one, alternating with
-this one, so both see the same machine.
+and its last; then once more in the same Ray (the next pipeline of a
+session: its actors are new, the node's zygote is not). ``--checkout DIR``
+runs the code of another checkout (a ``git worktree`` of an older commit)
+instead of this one, alternating with this one, so both see the same machine.
 
     python benchmark/benchmark_first_row.py --runs 3
     git worktree add /tmp/before HEAD~3
@@ -31,14 +32,19 @@ import ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 from cps_ray import PatchStreamConfig, patch_dataset
 cfg = PatchStreamConfig(sequence_length=16, input_size=224, patch_size=16, k_keep=256)
-start = time.perf_counter()
-first = None
-rows = 0
-for batch in patch_dataset(sys.argv[1:], cfg).iter_batches(batch_size=1, batch_format="pyarrow"):
-    rows += batch.num_rows
-    if first is None:
-        first = time.perf_counter() - start
-print(json.dumps({"first_row_s": first, "all_s": time.perf_counter() - start, "rows": rows}))
+out = {}
+for run in ("", "next_"):
+    start = time.perf_counter()
+    first = None
+    rows = 0
+    ds = patch_dataset(sys.argv[1:], cfg)
+    for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
+        rows += batch.num_rows
+        if first is None:
+            first = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    out |= {run + "first_row_s": first, run + "all_s": elapsed, run + "rows": rows}
+print(json.dumps(out))
 """
 
 
@@ -65,10 +71,11 @@ def main() -> None:
             results[name].append(run_once(code, videos))
             print(name, json.dumps(results[name][-1]), flush=True)
     for name, runs in results.items():
-        first = statistics.median(r["first_row_s"] for r in runs)
-        every = statistics.median(r["all_s"] for r in runs)
-        print(f"{name} ({codes[name]}): median first row {first:.2f} s, all {len(videos)} "
-              f"rows {every:.2f} s over {len(runs)} runs")  # fmt: skip
+        for run, label in (("", "first pipeline"), ("next_", "next pipeline")):
+            first = statistics.median(r[run + "first_row_s"] for r in runs)
+            every = statistics.median(r[run + "all_s"] for r in runs)
+            print(f"{name} ({codes[name]}), {label}: median first row {first:.2f} s, "
+                  f"all {len(videos)} rows {every:.2f} s over {len(runs)} runs")  # fmt: skip
 
 
 if __name__ == "__main__":
