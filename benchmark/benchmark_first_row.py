@@ -52,7 +52,9 @@ def run_once(code: Path, videos: list[str]) -> dict:
     time.sleep(5)  # the last run's Ray processes are still exiting
     env = dict(os.environ, PYTHONPATH=str(code), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    return run_fresh(CHILD, videos, env)
+    # In the checkout's folder: Ray puts the driver's folder first on its
+    # workers' sys.path, ahead of PYTHONPATH.
+    return run_fresh(CHILD, videos, env, cwd=code)
 
 
 def main() -> None:
