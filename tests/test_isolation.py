@@ -382,6 +382,10 @@ def test_a_node_zygote_serves_owners_of_its_user_until_its_raylet_goes(monkeypat
         raylet.wait()
     raylet = subprocess.Popen(["sleep", "600"])
     try:
+        # imports that fail: the owners waiting are told why
+        broken = _zygote.node_name(("test", "broken", str(tmp_path)), raylet.pid)
+        with pytest.raises(IsolationError, match="could not start: ModuleNotFoundError.*no_such"):
+            _zygote.NodeZygote(broken, raylet.pid, ("no_such_module_for_cps",), env, 30)
         idle = _zygote.NodeZygote(name, raylet.pid, ("json",), env, 30)
         server = psutil.Process(idle.pid)
         idle.close()

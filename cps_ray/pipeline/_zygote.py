@@ -41,6 +41,8 @@ connected owner as above, one request at a time:
 - it answers only processes of its own user (``SO_PEERCRED``), and an owner
   sends nothing before it has checked the zygote's user the same way;
 - an owner that disconnects (an actor killed, say) has its children killed;
+- imports that fail are answered, with the reason, to the owners waiting;
+  then it exits, and the next owner starts one again;
 - it exits when the raylet (``ANCHOR``) is gone, or after ``IDLE_S`` s
   without an owner; ``CPS_RAY_NODE_ZYGOTE=0`` keeps one zygote per actor.
 """
@@ -154,7 +156,8 @@ class _Handle:
             kind, value = self._conn.recv()
         except (EOFError, OSError):
             code = self.close()
-            raise IsolationError(f"a decoder process died while starting (status {code})") from None
+            status = "" if code is None else f" (status {code})"
+            raise IsolationError(f"a decoder process died while starting{status}") from None
         except IsolationError:
             self.close()
             raise

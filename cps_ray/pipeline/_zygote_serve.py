@@ -199,10 +199,31 @@ def serve_node(name: str, anchor: int, idle_s: float, preload: tuple[str, ...]) 
         for module in preload:
             importlib.import_module(module)
     except Exception as err:  # an import failing under memory pressure, say
-        print(f"cps_ray: the node's decoder zygote could not start: {err!r}", file=sys.stderr)
-        os._exit(1)  # owners see the connection close and retry later
+        _refuse_waiting_owners(listener, f"{type(err).__name__}: {err}")
+        os._exit(1)  # the next owner starts a zygote again
     _NodeServer(listener, anchor, idle_s).serve()
     os._exit(0)
+
+
+def _refuse_waiting_owners(listener: socket.socket, reason: str, grace_s: float = 2.0) -> None:
+    """The imports failed: tell the owners that connected meanwhile why."""
+    listener.settimeout(grace_s)
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:  # nobody else within the grace period
+            return
+        if peer(sock)[1] != os.getuid():
+            sock.close()
+            continue
+        owner = Connection(sock.detach())
+        try:
+            if owner.poll(grace_s):
+                owner.recv()  # its hello
+                owner.send(("failed", reason))
+        except (EOFError, OSError):
+            pass
+        owner.close()
 
 
 if __name__ == "__main__":
