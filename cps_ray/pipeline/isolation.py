@@ -23,8 +23,9 @@ per-video work runs in a child process the worker owns:
 The child talks over a socket pair (not ``multiprocessing``, which would
 re-import the parent's ``__main__``, a Ray worker's included). On Linux it
 is forked from a zygote (:mod:`._zygote`) that imported torch, torchcodec
-and Numba once for every child of this process, so a pool of children and a
-restart after a crash cost milliseconds, not an interpreter's imports;
+and Numba once for every child of this process (in a Ray worker: of every
+actor of the node), so a pool of children, the next actor and a restart
+after a crash cost milliseconds, not an interpreter's imports;
 elsewhere it is a plain ``python -m`` process. It builds its worker once
 (kernel warm-up), then serves one path at a time; a result crosses as one
 pickled message (a 2.4 MB row at the default sizes, about a millisecond).
