@@ -8,6 +8,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 DECODE_TARGET = 1.3  # decode_only >= 1.3x decord's best, on CPU
 PATCH_TARGET = 0.9  # patch_stream within 10% of decode_only
@@ -205,3 +207,26 @@ def run_fresh(code: str, args: list[str], env: dict[str, str], cwd=None) -> dict
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alternate_checkouts(
+    code: str, args: list[str], runs: int, repo: Path, checkout: Path | None, **env: str
+) -> tuple[dict[str, Path], dict[str, list[dict]]]:
+    """:func:`run_fresh` ``runs`` times for this checkout (``repo``) and, when
+    given, another (``checkout``, a ``git worktree`` of an older commit),
+    alternating so both see the same machine. Each run starts its own local
+    Ray, with ``env`` on top of this environment.
+
+    Returns ``({"this": repo, "other": checkout}, {name: [result, ...]})``."""
+    codes = {"this": repo} | ({"other": checkout.resolve()} if checkout else {})
+    results: dict[str, list[dict]] = {name: [] for name in codes}
+    for _ in range(runs):
+        for name, folder in codes.items():
+            time.sleep(5)  # the last run's Ray processes are still exiting
+            run_env = dict(os.environ, PYTHONPATH=str(folder), RAY_USAGE_STATS_ENABLED="0", **env)
+            run_env.pop("RAY_ADDRESS", None)
+            # In the checkout's folder: Ray puts the driver's folder first on
+            # its workers' sys.path, ahead of PYTHONPATH.
+            results[name].append(run_fresh(code, args, run_env, cwd=folder))
+            print(name, json.dumps(results[name][-1]), flush=True)
+    return codes, results

@@ -16,13 +16,10 @@ another checkout's code (a ``git worktree`` of an older commit), alternating.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import time
 from pathlib import Path
 
-from _report import run_fresh
+from _report import alternate_checkouts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,18 +70,8 @@ def main() -> None:
     from cps_ray.media import make_sample_videos
 
     video = str(make_sample_videos(REPO / ".cache" / "demo_videos")[0])
-    codes = {"this": REPO} | ({"other": args.checkout.resolve()} if args.checkout else {})
-    results: dict[str, list[dict]] = {name: [] for name in codes}
-    for _ in range(args.runs):
-        for name, code in codes.items():
-            time.sleep(5)  # the last run's Ray processes are still exiting
-            env = dict(os.environ, PYTHONPATH=str(code), RAY_USAGE_STATS_ENABLED="0",
-                       CPS_RAY_FAKE_CUDA_DEVICES="0")  # fmt: skip
-            env.pop("RAY_ADDRESS", None)
-            # In the checkout's folder: Ray puts the driver's folder first on
-            # its workers' sys.path, ahead of PYTHONPATH.
-            results[name].append(run_fresh(CHILD, [video], env, cwd=code))
-            print(name, json.dumps(results[name][-1]), flush=True)
+    codes, results = alternate_checkouts(CHILD, [video], args.runs, REPO, args.checkout,
+                                         CPS_RAY_FAKE_CUDA_DEVICES="0")  # fmt: skip
     for name, runs in results.items():
         medians = {key: round(statistics.median(r[key] for r in runs), 2) for key in runs[0]}
         print(f"{name} ({codes[name]}): median seconds to ready over {len(runs)} runs: {medians}")

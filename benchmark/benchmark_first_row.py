@@ -15,14 +15,11 @@ instead of this one, alternating with this one, so both see the same machine.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from _report import run_fresh
+from _report import alternate_checkouts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,15 +45,6 @@ print(json.dumps(out))
 """
 
 
-def run_once(code: Path, videos: list[str]) -> dict:
-    time.sleep(5)  # the last run's Ray processes are still exiting
-    env = dict(os.environ, PYTHONPATH=str(code), RAY_USAGE_STATS_ENABLED="0")
-    env.pop("RAY_ADDRESS", None)
-    # In the checkout's folder: Ray puts the driver's folder first on its
-    # workers' sys.path, ahead of PYTHONPATH.
-    return run_fresh(CHILD, videos, env, cwd=code)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -66,12 +54,7 @@ def main() -> None:
     from cps_ray.media import make_sample_videos
 
     videos = make_sample_videos(REPO / ".cache" / "demo_videos")
-    codes = {"this": REPO} | ({"other": args.checkout.resolve()} if args.checkout else {})
-    results: dict[str, list[dict]] = {name: [] for name in codes}
-    for _ in range(args.runs):
-        for name, code in codes.items():
-            results[name].append(run_once(code, videos))
-            print(name, json.dumps(results[name][-1]), flush=True)
+    codes, results = alternate_checkouts(CHILD, videos, args.runs, REPO, args.checkout)
     for name, runs in results.items():
         for run, label in (("", "first pipeline"), ("next_", "next pipeline")):
             first = statistics.median(r[run + "first_row_s"] for r in runs)
