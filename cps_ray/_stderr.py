@@ -11,10 +11,13 @@ C++ logging, which Python's ``logging`` never sees.
 :func:`drop_ray_53727` therefore filters this process's file descriptor 2: a
 thread copies what is written there to the real stderr, line by line, less
 the lines that name that issue. The job entry points (``cps-ray
-preprocess``, ``jobs/*.py``, ``cps-ray demo --job``) call it;
-``CPS_RAY_KEEP_RAY_LOG=1`` turns it off. At exit the descriptor is put back
-and the thread drained, so nothing written before (a traceback included) is
-lost.
+preprocess``, ``jobs/*.py``, ``cps-ray demo --job``) call it, and so does
+:func:`cps_ray.patch_dataset` in the process that builds a pipeline (a
+user's own script or notebook): the driver creates the pool actors, so the
+line is written there. ``CPS_RAY_KEEP_RAY_LOG=1`` turns it off. At exit the
+descriptor is put back (unless something else has replaced it since, as
+pytest's capture does) and the thread drained, so nothing written before (a
+traceback included) is lost.
 """
 
 from __future__ import annotations
@@ -51,9 +54,13 @@ def drop_ray_53727() -> None:
         return
     _installed = True
     sys.stderr.flush()
-    original = os.dup(2)
+    try:
+        original = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        return
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
+    ours = os.fstat(write_fd)
     os.close(write_fd)
     thread = threading.Thread(target=_pump, args=(read_fd, original), daemon=True,
                               name="cps_ray-stderr")  # fmt: skip
@@ -64,6 +71,12 @@ def drop_ray_53727() -> None:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        try:
+            now = os.fstat(2)
+        except OSError:
+            return
+        if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):
+            return  # fd 2 was replaced since: leave it to whoever did
         # Closing the pipe's last write end (fd 2) lets the thread drain and stop;
         # a child process still holding it only delays this by the timeout.
         os.dup2(original, 2)

@@ -79,3 +79,12 @@ def ray_session():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def attached_env(ray_session):
+    """The environment of a driver process that joins the session's Ray (as
+    a script run with ``RAY_ADDRESS`` on a cluster does): no Ray of its own
+    to start, and the node's zygote is already warm."""
+    address = ray_session.get_runtime_context().gcs_address
+    return {**os.environ, **CPU_VIEW, "RAY_ADDRESS": address, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -1,6 +1,9 @@
 """patch_dataset on one local Ray (num_cpus=2)."""
 
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -186,3 +189,31 @@ def test_a_file_name_that_is_not_utf8_is_decoded(ray_session, media, tmp_path, p
     assert rows[0]["error"] is None and local[0]["path"] == shown
     _assert_rows_equal({**rows[0], "path": ""}, {**rows[1], "path": ""})
     pa.array([r["path"] for r in rows], pa.string())  # Arrow takes it
+
+
+USER_SCRIPT = """
+import sys
+from cps_ray import PatchStreamConfig, patch_dataset
+
+cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
+rows = patch_dataset(sys.argv[1:], cfg).take_all()
+print([r["error"] for r in rows])
+"""
+
+
+def test_a_script_calling_patch_dataset_shows_no_ray_53727_line(attached_env, ray_session, media):
+    """Ray's core worker logs ray#53727 in the process that creates the pool
+    actors: a user's own script. patch_dataset drops exactly that line from
+    the script's stderr; Ray's log file of that driver still holds it."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", USER_SCRIPT, str(media["h264.mp4"])], env=attached_env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == "[None]"
+    assert "53727" not in err
+    assert "Starting execution of Dataset" in err  # Ray's other lines stay
+    logs = Path(ray_session._private.worker._global_node.get_logs_dir_path())
+    (log,) = logs.glob(f"python-core-driver-*_{driver.pid}.log")
+    assert "ray-project/ray/issues/53727" in log.read_text(errors="replace")

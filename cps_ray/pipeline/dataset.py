@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from .._stderr import drop_ray_53727
 from ..config import PatchStreamConfig
 from ..errors import ConfigError, DeviceUnavailableError
 from ..remote import redact
@@ -294,6 +295,7 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
         )
     if not ray.is_initialized():
         ray.init()
+    drop_ray_53727()  # this process creates the pools' actors: see cps_ray._stderr
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
     ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env)
     ds.context.execution_options.preserve_order = bool(preserve_order)
