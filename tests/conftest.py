@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -88,3 +89,18 @@ def attached_env(ray_session):
     to start, and the node's zygote is already warm."""
     address = ray_session.get_runtime_context().gcs_address
     return {**os.environ, **CPU_VIEW, "RAY_ADDRESS": address, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="session")
+def job_env(attached_env):
+    """``job_env(**env_vars)``: the environment of a driver that joins the
+    session's Ray as ``ray job submit --runtime-env-json '{"env_vars": ...}'``
+    starts one: the variables are in the driver and, through the job's
+    runtime env, in every actor and task of its job (the session's Ray
+    started without them)."""
+
+    def make(**env_vars: str) -> dict:
+        job = {"runtime_env": {"env_vars": {**CPU_VIEW, **env_vars}}}
+        return {**attached_env, **env_vars, "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)}
+
+    return make

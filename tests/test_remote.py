@@ -154,7 +154,9 @@ def test_a_server_that_is_gone_gives_error_rows_after_bounded_tries(media):
     assert seconds < 120
 
 
-def test_preprocess_job_from_s3_to_s3_with_resume(s3, media, tmp_path):
+def test_preprocess_job_from_s3_to_s3_with_resume(s3, job_env, media, tmp_path):
+    """The job joins the session's Ray with the store's settings in its
+    runtime env, as a job submitted with them does."""
     import pyarrow.parquet as pq
 
     for name in ("h264.mp4", "vp9.webm"):
@@ -164,10 +166,12 @@ def test_preprocess_job_from_s3_to_s3_with_resume(s3, media, tmp_path):
            "--output", "s3://jobs/out", "--sequence-length", "4", "--input-size", "28",
            "--patch-size", "14", "--k-keep", "6", "--decode-backend", "cpu",
            "--process-backend", "cpu"]  # fmt: skip
-    first = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    env = job_env(**{k: os.environ[k] for k in _AWS})
+    first = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     s3.upload(media["hevc.mkv"], "jobs/in/hevc.mkv")
-    second = subprocess.run(job + ["--resume"], capture_output=True, text=True, timeout=600)
+    second = subprocess.run(job + ["--resume"], env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
     assert second.returncode == 0, second.stderr[-2000:]
     fs = s3.filesystem()
     shards = [i.path for i in fs.get_file_info(
@@ -245,7 +249,8 @@ def _job_rows(out: Path) -> tuple[dict, dict]:
     return good, errors
 
 
-def test_server_stopped_halfway_then_resume_equals_a_clean_run(media, tmp_path, monkeypatch):
+def test_server_stopped_halfway_then_resume_equals_a_clean_run(job_env, media, tmp_path,
+                                                                monkeypatch):  # fmt: skip
     """The store goes away while a job reads from it: the videos it could not
     read are error rows (after bounded tries), the job ends; with the store
     back, --resume --retry-failed decodes just those, and the output holds
@@ -261,10 +266,10 @@ def test_server_stopped_halfway_then_resume_equals_a_clean_run(media, tmp_path, 
         for name in names:
             server.upload(media[name], f"halt/in/{name.replace('/', '_')}")
         server.upload(listing, "halt/in/list.txt")
-        env = dict(os.environ, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                   AWS_EC2_METADATA_DISABLED="true", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-        env.pop("RAY_ADDRESS", None)
+        # The jobs join the session's Ray with the store's settings in their runtime env.
+        env = job_env(AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
         return server, env
 
     def job(out: Path, *extra: str) -> list[str]:
