@@ -46,7 +46,7 @@ def decoded_per_frame(path: str, plan: Plan, sequence_length: int) -> dict[str, 
     next frame is in the same group)."""
     import numpy as np
 
-    from cps_ray.decode.packets import frame_positions, packets_to_decode, read_index
+    from cps_ray._decode.packets import frame_positions, packets_to_decode, read_index
 
     index = read_index(path)
     out = {}
@@ -125,7 +125,7 @@ def center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
 def torch_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[T, 3, H, W]`` -> uint8 ``[T, 3, size, size]``: short side to
     ``size`` (bilinear, antialiased), then the center crop."""
-    from cps_ray.decode import resized_dims
+    from cps_ray._decode import resized_dims
 
     h, w = frames.shape[-2:]
     out = torch.nn.functional.interpolate(
@@ -194,7 +194,7 @@ def _open_decord(path: str, **kwargs):
 def _decord(job: Job, plan: Plan):
     import decord
 
-    from cps_ray.decode import resized_dims
+    from cps_ray._decode import resized_dims
 
     ctx = decord.cpu(0) if job.decode_backend == "cpu" else decord.gpu(0)
     size = job.input_size
@@ -262,7 +262,7 @@ def worker_init(torch_threads: int = 1) -> None:
     """
     torch.set_num_threads(max(1, torch_threads))
     import cps_ray  # noqa: F401
-    from cps_ray.kernels import cpu
+    from cps_ray._kernels import cpu
 
     cpu.warmup()
     try:

@@ -183,7 +183,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
 
 def video_paths(video_dir: str, limit: int | None = None) -> list[str]:
     """The videos under ``video_dir`` (recursive, sorted), at most ``limit``."""
-    from cps_ray.media import find_videos
+    from cps_ray._media import find_videos
 
     paths = find_videos(video_dir)[:limit]
     if not paths:

@@ -34,7 +34,7 @@ CFG = PatchStreamConfig(sequence_length=16, input_size=224, patch_size=16, k_kee
 @ray.remote(num_cpus=0)
 class Stage:
     def __init__(self, name):
-        from cps_ray.pipeline import stages
+        from cps_ray.pipeline import _stages as stages
         self.stage = getattr(stages, name)(CFG)
 
     def run(self, batch):
@@ -67,7 +67,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(REPO))
-    from cps_ray.media import make_sample_videos
+    from cps_ray._media import make_sample_videos
 
     video = str(make_sample_videos(REPO / ".cache" / "demo_videos")[0])
     codes, results = alternate_checkouts(CHILD, [video], args.runs, REPO, args.checkout,

@@ -30,7 +30,7 @@ CHILD = r"""
 import json, os, sys, time
 start = time.perf_counter()
 from cps_ray import PatchStreamConfig, local_stream
-from cps_ray.faults import CRASH_ENV
+from cps_ray._faults import CRASH_ENV
 
 def pss_mib(pids):
     total = 0
@@ -76,7 +76,7 @@ after = next(stream)
 restart = time.perf_counter() - t
 assert crashed["error"] and after["error"] is None
 del os.environ[CRASH_ENV]
-from cps_ray.pipeline.worker import Worker
+from cps_ray.pipeline._worker import Worker
 pool = Worker(cfg, concurrent_videos=workers, isolation="process", max_attempts=1)
 memory = pss_mib(family())
 pool.close()
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from cps_ray.media import make_sample_videos
+    from cps_ray._media import make_sample_videos
 
     videos = [str(v) for v in make_sample_videos(REPO / ".cache" / "demo_videos")]
     results: dict[str, list[dict]] = {"fork": [], "fresh": []}

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, help="another checkout to compare against")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from cps_ray.media import make_sample_videos
+    from cps_ray._media import make_sample_videos
 
     videos = make_sample_videos(REPO / ".cache" / "demo_videos")
     codes, results = alternate_checkouts(CHILD, videos, args.runs, REPO, args.checkout)

@@ -8,7 +8,7 @@ the exact ``index`` strategy and with ``keyframe``, and decord on the frames
 ``vs decord``: decord decoding the exact uniform frames (what a decord user
 asks for) over ``keyframe``'s time; ``same``: decord on ``keyframe``'s own
 frames. Also reports the packets the plan decodes per sampled frame (the cost model of
-``cps_ray.decode.packets``: from the keyframe before, in decode order) for both
+``cps_ray._decode.packets``: from the keyframe before, in decode order) for both
 strategies, and how far each chosen frame lies from its uniform target, as a
 share of half the sampling interval (at most 1 by construction).
 Prints a table and writes JSON; nothing here is asserted by tests.
@@ -48,8 +48,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from cps_ray import DecodeConfig, decode_only
-    from cps_ray.decode.packets import choose_keyframes, read_index
-    from cps_ray.sampling import index_positions
+    from cps_ray._decode.packets import choose_keyframes, read_index
+    from cps_ray._sampling import index_positions
 
     try:
         import decord

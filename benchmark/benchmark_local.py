@@ -18,8 +18,8 @@ from _report import write_json
 
 import cps_ray
 from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, local_stream, select_patches
-from cps_ray.kernels import cpu as cpu_kernel
-from cps_ray.media import find_videos, make_sample_videos
+from cps_ray._kernels import cpu as cpu_kernel
+from cps_ray._media import find_videos, make_sample_videos
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def _resize_peaks(input_size: int) -> list[dict]:
     """Peak torch memory of resizing a 16-frame 4K clip, chunked and in one pass."""
     import torch
 
-    from cps_ray.decode.resize import chunk_frames_for, resize_center_crop
+    from cps_ray._decode.resize import chunk_frames_for, resize_center_crop
 
     frames = torch.zeros((16, 3, 2160, 3840), dtype=torch.uint8, device="cuda")
     rows = []
@@ -115,8 +115,8 @@ def main() -> None:
 
     import torch
 
-    from cps_ray.devices import nvdec_problem, size_nvdec_cache
-    from cps_ray.media import find_videos
+    from cps_ray._devices import nvdec_problem, size_nvdec_cache
+    from cps_ray._media import find_videos
 
     videos = find_videos(args.videos)
     problem = nvdec_problem(0) if torch.cuda.is_available() else "no CUDA device on this machine"

@@ -14,8 +14,8 @@ import resource
 import numpy as np
 
 from cps_ray import PatchStreamConfig
-from cps_ray.pipeline.stages import DecodeStage
-from cps_ray.pipeline.worker import Worker
+from cps_ray.pipeline._stages import DecodeStage
+from cps_ray.pipeline._worker import Worker
 
 
 def peak_mib() -> float:

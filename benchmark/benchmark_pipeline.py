@@ -29,7 +29,7 @@ def _run_local(paths, cfg, workers):
 
 def _run_pipeline(paths, cfg, ray):
     from cps_ray import patch_dataset
-    from cps_ray.pipeline.dataset import plan_pipeline
+    from cps_ray.pipeline._dataset import plan_pipeline
 
     plan = plan_pipeline(cfg, ray.cluster_resources())
     t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def main() -> None:
     import ray
 
     from cps_ray import PatchStreamConfig
-    from cps_ray.media import find_videos, make_sample_videos
+    from cps_ray._media import find_videos, make_sample_videos
 
     base = (
         find_videos(args.videos_dir)

@@ -53,14 +53,14 @@ def cuda_copy_bandwidth(device) -> float:
 
 
 def run_cpu(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> float:
-    from cps_ray.kernels import cpu
+    from cps_ray._kernels import cpu
 
     cpu.warmup()
     return _median_time(lambda: [cpu.select(clip, patch_size, k_keep) for clip in frames], repeats)
 
 
 def run_cuda(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int) -> float:
-    from cps_ray.kernels import cuda
+    from cps_ray._kernels import cuda
 
     device = torch.device("cuda", 0)
     on_device = torch.from_numpy(frames).to(device)
@@ -78,8 +78,8 @@ def per_clip_cpu(frames: np.ndarray, patch_size: int, k_keep: int, repeats: int)
     import numba
 
     from cps_ray import select_patches
-    from cps_ray.convert import bits_table
-    from cps_ray.kernels import cpu
+    from cps_ray._convert import bits_table
+    from cps_ray._kernels import cpu
 
     cpu.warmup()
     table = bits_table("bf16")
@@ -166,7 +166,7 @@ def main() -> None:
             skipped["gpu"] = "no CUDA device on this machine"
         else:
             try:
-                import cps_ray.kernels.cuda  # noqa: F401
+                import cps_ray._kernels.cuda  # noqa: F401
             except ImportError as e:
                 skipped["gpu"] = str(e)
             else:

@@ -55,7 +55,7 @@ def main() -> None:
     import ray
 
     from cps_ray import PatchStreamConfig, patch_dataset
-    from cps_ray.pipeline.train import train_on_workers
+    from cps_ray.pipeline import train_on_workers
 
     paths = video_paths(args.video_dir, args.limit)
     config = PatchStreamConfig(sequence_length=16, input_size=224, patch_size=14, k_keep=1024)

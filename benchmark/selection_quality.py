@@ -68,7 +68,7 @@ def library_mask(frames: np.ndarray, patch_size: int, k: int, selection: str, se
 
 def variance_mask(frames: np.ndarray, patch_size: int, k: int) -> np.ndarray:
     """Diagnostic: the rule before 2026-11, frame 0 scored by its variance."""
-    from cps_ray.kernels import reference
+    from cps_ray._kernels import reference
 
     t, ch, s, _ = frames.shape
     p, g = patch_size, s // patch_size

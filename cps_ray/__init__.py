@@ -26,20 +26,20 @@ from .errors import (
 # The rest is imported when first used: `import cps_ray` (and a Ray worker
 # that only reads a manifest) loads neither torch nor Ray.
 _LAZY = {
-    "DecodeResult": ".api",
-    "PatchStream": ".api",
-    "decode_only": ".api",
-    "patch_stream": ".api",
-    "DecodeConfig": ".config",
-    "PatchStreamConfig": ".config",
-    "resolve_backends": ".config",
+    "DecodeResult": "._api",
+    "PatchStream": "._api",
+    "decode_only": "._api",
+    "patch_stream": "._api",
+    "DecodeConfig": "._config",
+    "PatchStreamConfig": "._config",
+    "resolve_backends": "._config",
     "TrainingBatches": ".pipeline",
     "collate_patches": ".pipeline",
     "local_stream": ".pipeline",
     "row_patches": ".pipeline",
     "patch_dataset": ".pipeline",
     "write_shards": ".pipeline",
-    "select_patches": ".select",
+    "select_patches": "._select",
 }
 
 

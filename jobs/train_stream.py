@@ -11,7 +11,7 @@ the loop waited for data.
 
 With ``--num-workers N`` it trains on N Ray Train workers (``TorchTrainer``,
 data-parallel; one GPU each with ``--use-gpu``), each reading its own share of
-the dataset, in lockstep (see :mod:`cps_ray.pipeline.train`), with a
+the dataset, in lockstep (see :mod:`cps_ray.pipeline._train`), with a
 checkpoint at every epoch end; started again with the same
 ``--checkpoint-dir`` and ``--run-name`` it continues from the last one.
 Without it, the driver trains in one process.
@@ -52,13 +52,10 @@ from cps_ray.jobs import (  # noqa: E402
     positive_int,
     run_entry_point,
 )
-from cps_ray.pipeline.inputs import is_manifest  # noqa: E402
-from cps_ray.pipeline.listing import is_listing  # noqa: E402
-from cps_ray.pipeline.train import (  # noqa: E402
-    TinyPatchTransformer,
-    masked_loss,
-    train_on_workers,
-)
+from cps_ray.pipeline import train_on_workers  # noqa: E402
+from cps_ray.pipeline._inputs import is_manifest  # noqa: E402
+from cps_ray.pipeline._listing import is_listing  # noqa: E402
+from cps_ray.pipeline._train import TinyPatchTransformer, masked_loss  # noqa: E402
 
 
 def build_dataset(args, **pool_options):

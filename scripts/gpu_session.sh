@@ -143,7 +143,7 @@ run() {
     done
     export LD_LIBRARY_PATH=/tmp/fflibs:/tmp/site/av.libs:${LD_LIBRARY_PATH:-}
     # Versions, CUDA, and whether torchcodec decodes on the GPU (the probe).
-    step 60 "$machine" python3 -m cps_ray.cli info
+    step 60 "$machine" python3 -m cps_ray._cli info
     export CPS_RAY_REQUIRE_GPU=1 CPS_RAY_TEST_MEDIA=$PWD/$CARRY/testmedia
     step 180 "$out/gpu_tests.txt" python3 -m pytest -q -p no:cacheprovider \
         --junitxml "$out/gpu_tests.xml" tests/test_gpu.py tests/test_gpu_kernel.py

@@ -23,8 +23,7 @@ def main(paths: list[str]) -> None:
     ray.init(address=cluster.address, runtime_env={"env_vars": ENV}, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    from cps_ray import PatchStreamConfig, local_stream, patch_dataset
-    from cps_ray.config import resolve_backends
+    from cps_ray import PatchStreamConfig, local_stream, patch_dataset, resolve_backends
 
     @ray.remote
     def resolve(_):
@@ -50,7 +49,7 @@ def main(paths: list[str]) -> None:
     # trainer: the pools leave it alone, so auto decodes on CPU actors. (A
     # trainer worker cannot hold the GPU itself here: Ray Train's torch
     # backend would move the model to a CUDA device this machine lacks.)
-    from cps_ray.pipeline.train import train_on_workers
+    from cps_ray.pipeline import train_on_workers
 
     auto = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
     trained = train_on_workers(

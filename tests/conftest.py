@@ -15,7 +15,7 @@ CPU_VIEW = {"CPS_RAY_FAKE_CUDA_DEVICES": "0"}
 
 def pytest_collection_modifyitems(config, items):
     """``gpu`` tests skip without CUDA, or fail with CPS_RAY_REQUIRE_GPU=1."""
-    from cps_ray.devices import cuda_device_count
+    from cps_ray._devices import cuda_device_count
 
     if cuda_device_count() > 0:
         return

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cps_ray import PatchStreamConfig
-from cps_ray.pipeline.isolation import IsolatedWorker
-from cps_ray.pipeline.stages import DECODE_PRELOAD, FrameDecoder
+from cps_ray.pipeline._isolation import IsolatedWorker
+from cps_ray.pipeline._stages import DECODE_PRELOAD, FrameDecoder
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 CONFIG = PatchStreamConfig(

@@ -10,7 +10,7 @@ from cps_ray import (
     patch_stream,
     select_patches,
 )
-from cps_ray.devices import override_cuda_device_count
+from cps_ray._devices import override_cuda_device_count
 from cps_ray.errors import DeviceUnavailableError
 
 

@@ -318,9 +318,9 @@ def test_long_video_holds_only_t_frames(long_media, route):
     import av  # noqa: F401  (loaded before the measure: its libraries are not frames)
     import torchcodec.decoders  # noqa: F401
 
-    from cps_ray.decode.opening import Request
-    from cps_ray.decode.routes import decode_routes
-    from cps_ray.guards import Limits
+    from cps_ray._decode.opening import Request
+    from cps_ray._decode.routes import decode_routes
+    from cps_ray._guards import Limits
 
     path = str(long_media["long_10min_headless.ts"])
     try:
@@ -345,8 +345,8 @@ def test_long_video_holds_only_t_frames(long_media, route):
 
 def test_frame_loop_checks_the_deadline_before_every_frame(media):
     """White box: the deadline passes after the 10th frame of the walk."""
-    from cps_ray.decode.opening import Request, iter_frames
-    from cps_ray.guards import Limits
+    from cps_ray._decode.opening import Request, iter_frames
+    from cps_ray._guards import Limits
 
     path = str(media["headless_gop.ts"])
     limits = Limits(path, max_pixels=None, timeout_s=3600.0)

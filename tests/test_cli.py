@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cps_ray import DecodeConfig, decode_only
-from cps_ray.cli import main
+from cps_ray._cli import main
 
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
 COMMANDS = ["info", "decode", "select", "preprocess", "demo"]

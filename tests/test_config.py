@@ -2,9 +2,8 @@ import dataclasses
 
 import pytest
 
-from cps_ray import ConfigError, CpsRayError, DecodeConfig, PatchStreamConfig
-from cps_ray.config import resolve_backends
-from cps_ray.devices import fake_environment, override_cuda_device_count, override_nvdec_problem
+from cps_ray import ConfigError, CpsRayError, DecodeConfig, PatchStreamConfig, resolve_backends
+from cps_ray._devices import fake_environment, override_cuda_device_count, override_nvdec_problem
 from cps_ray.errors import DeviceUnavailableError, NvdecUnavailableError
 
 
@@ -158,7 +157,7 @@ def test_injected_answers_reach_child_processes():
     import sys
 
     code = (
-        "import json; from cps_ray.config import resolve_backends, PatchStreamConfig; "
+        "import json; from cps_ray import resolve_backends, PatchStreamConfig; "
         "r = resolve_backends(PatchStreamConfig()); "
         "print(json.dumps([r.decode_backend, r.decode_fallback]))"
     )
@@ -174,7 +173,7 @@ def test_the_probe_names_what_is_missing_on_a_node_without_cuda_torchcodec():
     """The real probe, with nothing injected, on this machine's torchcodec."""
     import torch
 
-    from cps_ray import devices
+    from cps_ray import _devices as devices
 
     if torch.cuda.is_available():
         pytest.skip("this node has CUDA: tests/test_gpu.py checks the probe passes")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cps_ray import DecodeConfig, DecodeError, decode_only
-from cps_ray.decode import resized_dims
+from cps_ray._decode import resized_dims
 
 CODECS = [
     "h264.mp4",
@@ -235,14 +235,14 @@ def test_decode_only_needs_a_path():
 
 
 def test_private_torchcodec_hooks(media):
-    """The private torchcodec names cps_ray.decode.opening relies on, within
+    """The private torchcodec names cps_ray._decode.opening relies on, within
     the version bound of pyproject.toml."""
     import torchcodec
     from torchcodec import _core
     from torchcodec.transforms import DecoderTransform
 
-    from cps_ray.decode.opening import Request, iter_frames, resize_transforms
-    from cps_ray.guards import Limits
+    from cps_ray._decode.opening import Request, iter_frames, resize_transforms
+    from cps_ray._guards import Limits
 
     major, minor = (int(x) for x in torchcodec.__version__.split(".")[:2])
     assert (0, 13) <= (major, minor) < (0, 15)

@@ -17,8 +17,8 @@ from cps_ray import (
     patch_stream,
     select_patches,
 )
-from cps_ray.decode.resize import resize_center_crop
-from cps_ray.devices import nvdec_problem
+from cps_ray._decode.resize import resize_center_crop
+from cps_ray._devices import nvdec_problem
 
 pytestmark = pytest.mark.gpu
 
@@ -120,7 +120,7 @@ def test_cuda_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     import sys
 
     code = (
-        "import json; from cps_ray.kernels import cuda; cuda.warmup(0); "
+        "import json; from cps_ray._kernels import cuda; cuda.warmup(0); "
         "ks = (cuda._energies_kernel, cuda._top_k_kernel, cuda._gather_kernel); "
         "print(json.dumps([[sum(k.stats.cache_hits.values()), "
         "sum(k.stats.cache_misses.values())] for k in ks]))"

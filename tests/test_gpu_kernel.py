@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cps_ray import select_patches
-from cps_ray.kernels import reference
+from cps_ray._kernels import reference
 
 pytestmark = pytest.mark.gpu
 
@@ -31,7 +31,7 @@ def test_gpu_equals_cpu_and_reference(shape, dtype):
 
 
 def test_batched_launch_equals_per_clip():
-    from cps_ray.kernels import cuda
+    from cps_ray._kernels import cuda
 
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 256, (64, 8, 3, 56, 56), dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Crash and hang isolation with real process deaths and real hangs.
 
-The test-only switches of :mod:`cps_ray.faults` make decoding a chosen file
+The test-only switches of :mod:`cps_ray._faults` make decoding a chosen file
 kill its process with SIGSEGV or block forever; everything else is the real
 decoder, the real child processes and the real Ray.
 """
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from local_ray_head import psutil
 
-from cps_ray import PatchStreamConfig, local_stream
-from cps_ray.faults import CRASH_ENV, HANG_ENV
+from cps_ray import IsolationError, PatchStreamConfig, local_stream, patch_dataset
+from cps_ray._faults import CRASH_ENV, HANG_ENV
 from cps_ray.pipeline import _zygote
-from cps_ray.pipeline.isolation import IsolatedPool, IsolatedWorker, IsolationError
-from cps_ray.pipeline.worker import VIDEO_PRELOAD, VideoWorker
+from cps_ray.pipeline._isolation import IsolatedPool, IsolatedWorker
+from cps_ray.pipeline._worker import VIDEO_PRELOAD, VideoWorker
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
 GOOD = ["h264.mp4", "vp9.webm", "mpeg2.mpg", "short5.mp4", "rot90.mp4", "hevc.mkv"]
@@ -201,7 +201,7 @@ def test_a_fork_of_the_caller_starts_its_own_zygote():
         "import functools, os, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_isolation import _parent_and_env\n"
-        "from cps_ray.pipeline.isolation import IsolatedWorker\n"
+        "from cps_ray.pipeline._isolation import IsolatedWorker\n"
         "make = functools.partial(_parent_and_env, 'HOME')\n"
         "def zygote():\n"
         "    w = IsolatedWorker(make, timeout_s=30, preload=('json',))\n"
@@ -226,7 +226,7 @@ def test_a_fork_of_the_caller_starts_its_own_zygote():
 
 def _thread_counts(config):
     """A child's target: its torch and Numba thread counts once its worker is built."""
-    from cps_ray.pipeline.worker import child_video_worker
+    from cps_ray.pipeline._worker import child_video_worker
 
     child_video_worker(config, 2)
     import numba
@@ -238,7 +238,7 @@ def _thread_counts(config):
 def test_a_forked_child_keeps_one_torch_thread(monkeypatch):
     """Numba's warm-up resets OpenMP's thread count in a forked child; the
     child sets torch's back to one after it (two children ran 2.4x slower)."""
-    from cps_ray.devices import default_ffmpeg_threads
+    from cps_ray._devices import default_ffmpeg_threads
 
     worker = IsolatedWorker(
         functools.partial(_thread_counts, CFG), timeout_s=60, preload=VIDEO_PRELOAD
@@ -256,7 +256,7 @@ def test_zygote_and_children_exit_with_their_owner(tmp_path):
     and no child behind."""
     code = (
         "import functools, os, sys, time\n"
-        "from cps_ray.pipeline.isolation import IsolatedWorker\n"
+        "from cps_ray.pipeline._isolation import IsolatedWorker\n"
         "w = IsolatedWorker(functools.partial(os.getpid), timeout_s=30)\n"
         "w.start()\n"
         "print(w.pid, flush=True)\n"
@@ -288,7 +288,7 @@ def test_actors_of_a_node_fork_their_children_from_one_zygote(ray_session):
             import functools
             import os
 
-            from cps_ray.pipeline.isolation import IsolatedWorker
+            from cps_ray.pipeline._isolation import IsolatedWorker
 
             self.worker = IsolatedWorker(functools.partial(os.getpid), timeout_s=30,
                                          preload=("json",))  # fmt: skip
@@ -452,7 +452,6 @@ def _actor_pids(stage: str) -> list[int]:
 def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
     ray_session, media, clean_rows
 ):
-    from cps_ray.pipeline.dataset import patch_dataset
 
     cfg = replace(CFG, decode_timeout_s=5.0)
     broken = sorted(n for n in media if n.startswith("broken/"))
@@ -480,7 +479,6 @@ def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
 
 
 def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_rows):
-    from cps_ray.pipeline.dataset import patch_dataset
 
     paths = [str(media[n]) for n in GOOD] * 3  # long enough to kill it mid-run
     ds = patch_dataset(paths, CFG, videos_per_block=1, decode_pool=1)
@@ -498,7 +496,6 @@ def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_row
 
 
 def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session, media):
-    from cps_ray.pipeline.dataset import patch_dataset
 
     paths = [str(media["h264.mp4"]), str(media["vp9.webm"])]
     ds = patch_dataset(
@@ -519,7 +516,7 @@ def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session
 def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media, tmp_path):
     """The job's output: inputs = ok rows (shards) + error rows, no duplicates."""
     from cps_ray.jobs import run_preprocess
-    from cps_ray.pipeline.shards import iter_shard_paths, read_errors, read_output
+    from cps_ray.pipeline._shards import iter_shard_paths, read_errors, read_output
 
     broken = sorted(n for n in media if n.startswith("broken/"))
     names = GOOD + broken

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_head import RAY, local_ray_head, session_processes
 
-from cps_ray import ConfigError, PatchStreamConfig, local_stream, write_shards
+from cps_ray import ConfigError, EnergyRuleError, PatchStreamConfig, local_stream, write_shards
 from cps_ray.jobs import (
     JobError,
     add_config_options,
@@ -27,7 +27,6 @@ from cps_ray.jobs import (
     preprocess_main,
     run_preprocess,
 )
-from cps_ray.pipeline.shards import EnergyRuleError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
@@ -242,7 +241,7 @@ def test_one_resolver_for_the_api_the_jobs_and_the_cli(media, tmp_path):
     """patch_dataset, local_stream and the jobs take the same specs: a glob and
     one video file are inputs everywhere, and the job's list is the API's
     without duplicates."""
-    from cps_ray.pipeline.inputs import resolve_inputs
+    from cps_ray.pipeline._inputs import resolve_inputs
 
     root = tmp_path / "v"
     root.mkdir()

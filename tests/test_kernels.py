@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cps_ray.kernels import cpu, reference
+from cps_ray._kernels import cpu, reference
 
 
 def _brute_energy(frames, t, r, c, p):
@@ -71,7 +71,7 @@ def test_exactly_grey_first_frame_has_no_energy():
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_gather_writes_the_table_bits(dtype):
-    from cps_ray.convert import bits_table
+    from cps_ray._convert import bits_table
 
     rng = np.random.default_rng(9)
     frames = rng.integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, local_stream
-from cps_ray.decode.packets import NoPacketIndex, choose_keyframes, read_index
-from cps_ray.sampling import index_positions
+from cps_ray._decode.packets import NoPacketIndex, choose_keyframes, read_index
+from cps_ray._sampling import index_positions
 
 T = 8
 

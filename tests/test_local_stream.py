@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cps_ray import ConfigError, PatchStreamConfig, local_stream, patch_stream, row_patches
-from cps_ray.devices import override_cuda_device_count, override_nvdec_problem
+from cps_ray._devices import override_cuda_device_count, override_nvdec_problem
 from cps_ray.errors import DeviceUnavailableError
 from cps_ray.pipeline import ROW_COLUMNS
 

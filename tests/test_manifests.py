@@ -1,5 +1,5 @@
-"""Manifests streamed by Ray Data (``cps_ray.pipeline.manifests``) and the
-digest sets resume checks against (``cps_ray.pipeline.pathset``)."""
+"""Manifests streamed by Ray Data (``cps_ray.pipeline._manifests``) and the
+digest sets resume checks against (``cps_ray.pipeline._pathset``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cps_ray import ConfigError, PatchStreamConfig
-from cps_ray.pipeline.inputs import local_path, read_manifest
-from cps_ray.pipeline.manifests import ManifestSource
-from cps_ray.pipeline.pathset import PathSet
+from cps_ray.pipeline._inputs import local_path, read_manifest
+from cps_ray.pipeline._manifests import ManifestSource
+from cps_ray.pipeline._pathset import PathSet
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
 
@@ -90,7 +90,7 @@ def test_bad_manifests_are_refused_before_any_read(tmp_path, name, content, mess
 
 
 def test_a_uri_manifest_is_known_by_its_name_not_its_options():
-    from cps_ray.pipeline.inputs import is_manifest
+    from cps_ray.pipeline._inputs import is_manifest
 
     assert is_manifest("s3://bucket/lists/videos.parquet?endpoint_override=h:9000&scheme=http")
     assert is_manifest("/data/list.TXT") and not is_manifest("s3://bucket/a.mp4?x=list.txt")
@@ -140,14 +140,14 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
     output holds is skipped on --resume, and the driver never lists the paths."""
     import json
 
-    import cps_ray.jobs.inputs
-    import cps_ray.pipeline.inputs
+    import cps_ray.jobs._inputs
+    import cps_ray.pipeline._inputs
     from cps_ray.jobs import run_preprocess
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the manifest")
 
-    monkeypatch.setattr(cps_ray.pipeline.inputs, "read_manifest", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._inputs, "read_manifest", refuse)
     folder = media["h264.mp4"].parent
     first = tmp_path / "first.txt"
     first.write_text(f"{folder}/h264.mp4\n{folder}/./h264.mp4\n{folder}//broken/text.mp4\n")
@@ -184,8 +184,8 @@ def _video_folder(media, root):
 
 def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, monkeypatch):
     """A folder is listed by a task whose table stays in the object store."""
-    import cps_ray.pipeline.listing
-    import cps_ray.pipeline.manifests
+    import cps_ray.pipeline._listing
+    import cps_ray.pipeline._manifests
     from cps_ray import local_stream, patch_dataset
 
     folder = _video_folder(media, tmp_path / "videos")
@@ -195,9 +195,9 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the folder")
 
-    monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline.manifests, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline.manifests, "LISTING_ROWS_PER_TASK", 2)
+    monkeypatch.setattr(cps_ray.pipeline._listing, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._manifests, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._manifests, "LISTING_ROWS_PER_TASK", 2)
     rows = patch_dataset(str(folder), CFG).take_all()
     assert [r["path"] for r in rows] == expected  # two read tasks, in order
     assert [r["error"] is None for r in rows] == [True, True, False]
@@ -213,17 +213,17 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
     folder is refused and leaves the output untouched."""
     import shutil
 
-    import cps_ray.jobs.inputs
-    import cps_ray.pipeline.listing
-    import cps_ray.pipeline.manifests
+    import cps_ray.jobs._inputs
+    import cps_ray.pipeline._listing
+    import cps_ray.pipeline._manifests
     from cps_ray.jobs import JobError, run_preprocess
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the folder")
 
-    monkeypatch.setattr(cps_ray.pipeline.listing, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline.manifests, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.jobs.inputs, "find_inputs", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._listing, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._manifests, "list_videos", refuse)
+    monkeypatch.setattr(cps_ray.jobs._inputs, "find_inputs", refuse)
     folder = _video_folder(media, tmp_path / "videos")
     out = tmp_path / "out"
     lines = []

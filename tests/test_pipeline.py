@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cps_ray import ConfigError, PatchStreamConfig, local_stream, row_patches
+from cps_ray import ConfigError, PatchStreamConfig, local_stream, patch_dataset, row_patches
 from cps_ray.errors import DeviceUnavailableError
-from cps_ray.pipeline.dataset import DEFAULT_DECODE_GPU_SHARE, patch_dataset, plan_pipeline
+from cps_ray.pipeline import plan_pipeline
+from cps_ray.pipeline._dataset import DEFAULT_DECODE_GPU_SHARE
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
 NAMES = [

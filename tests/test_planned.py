@@ -9,8 +9,8 @@ import torch
 from media import X265, _ffmpeg, lavfi
 
 from cps_ray import DecodeConfig, decode_only
-from cps_ray.decode import resized_dims
-from cps_ray.decode.packets import (
+from cps_ray._decode import resized_dims
+from cps_ray._decode.packets import (
     frame_positions,
     packets_to_decode,
     read_index,

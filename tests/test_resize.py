@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cps_ray import DecodeConfig, decode_only
-from cps_ray.decode.resize import RESIZE_CHUNK_BYTES, chunk_frames_for, resize_center_crop
+from cps_ray._decode.resize import RESIZE_CHUNK_BYTES, chunk_frames_for, resize_center_crop
 
 # Mean absolute difference, in uint8 levels, allowed between the GPU path's
 # torch resize and FFmpeg's swscale: both bilinear and antialiased, they

@@ -21,15 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_head import psutil, session_processes
 
-from cps_ray import PatchStreamConfig
+from cps_ray import OutputNotEmptyError, PatchStreamConfig, write_shards
 from cps_ray.jobs import preprocess_main, run_preprocess
-from cps_ray.pipeline.shards import (
-    OutputNotEmptyError,
+from cps_ray.pipeline._shards import (
     done_set,
     iter_shard_paths,
     read_errors,
     read_output,
-    write_shards,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -349,7 +347,7 @@ def test_failures_past_the_memory_limit_wait_in_a_spill_file(tmp_path, monkeypat
     import glob
     import tempfile
 
-    import cps_ray.pipeline.shards as shards
+    import cps_ray.pipeline._shards as shards
 
     paths, errors = _paths_and_errors(12, failing=(0, 1, 2, 4, 5, 7, 8, 11))
     write_shards(RowsDataset(paths, errors), tmp_path / "kept", rows_per_shard=2)
@@ -367,7 +365,7 @@ def test_failures_past_the_memory_limit_wait_in_a_spill_file(tmp_path, monkeypat
 def test_errors_table_in_row_groups_is_resumed_a_group_at_a_time(tmp_path, monkeypatch):
     """An errors table of several row groups: a resume with --retry-failed
     replaces the retried failures and keeps the others, in order."""
-    import cps_ray.pipeline.shards as shards
+    import cps_ray.pipeline._shards as shards
 
     monkeypatch.setattr(shards, "ERRORS_ROW_GROUP", 3)
     out = tmp_path / "out"

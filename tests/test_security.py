@@ -13,16 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cps_ray import PatchStreamConfig, local_stream
+from cps_ray import OutputPathError, PatchStreamConfig, local_stream, write_shards
 from cps_ray.errors import printable_path
 from cps_ray.jobs import find_inputs, preprocess_main
-from cps_ray.pipeline.inputs import resolve_inputs
-from cps_ray.pipeline.shards import (
-    OutputPathError,
+from cps_ray.pipeline._inputs import resolve_inputs
+from cps_ray.pipeline._shards import (
     OutputRoot,
     read_errors,
     read_output,
-    write_shards,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cps_ray import ConfigError, CpsRayError, select_patches
-from cps_ray.devices import override_cuda_device_count
+from cps_ray._devices import override_cuda_device_count
+from cps_ray._kernels import reference
 from cps_ray.errors import DeviceUnavailableError
-from cps_ray.kernels import reference
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_conversion_table_is_correctly_rounded(dtype):
     checked with exact rationals against both neighbours."""
     from fractions import Fraction
 
-    from cps_ray.convert import bits_table, torch_dtype, unit_table
+    from cps_ray._convert import bits_table, torch_dtype, unit_table
 
     table = unit_table(dtype)
     torch_dtype = torch_dtype(dtype)
@@ -137,7 +137,7 @@ def test_conversion_table_is_correctly_rounded(dtype):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_patches_are_the_table_entries(frames, dtype):
-    from cps_ray.convert import convert, unit_table
+    from cps_ray._convert import convert, unit_table
 
     patches, fields, _ = select_patches(frames, patch_size=7, k_keep=25, output_dtype=dtype)
     u8, _, _ = reference.select(frames, 7, 25)
@@ -177,7 +177,7 @@ def test_uniform_baseline_is_a_rolling_grid(frames):
 
 
 def test_video_seed_depends_on_path_and_selection_seed():
-    from cps_ray.baselines import video_seed
+    from cps_ray._baselines import video_seed
 
     assert video_seed("a.mp4", 0) == video_seed("a.mp4", 0)
     assert len({video_seed("a.mp4", 0), video_seed("b.mp4", 0), video_seed("a.mp4", 1)}) == 3
@@ -198,8 +198,8 @@ def test_bad_selection_is_an_error():
 def test_numpy_selection_has_the_bits_of_select_patches(frames, dtype, selection):
     """``select_on_cpu`` (what a Ray select actor runs, without torch) keeps
     the same patches, fields and scores, bit for bit, as a row keeps them."""
-    from cps_ray.pipeline.rows import patches_to_numpy
-    from cps_ray.select import select_on_cpu
+    from cps_ray._select import select_on_cpu
+    from cps_ray.pipeline._rows import patches_to_numpy
 
     args = dict(patch_size=7, k_keep=25, output_dtype=dtype, selection=selection, seed=3)
     patches, fields, scores = select_on_cpu(frames, **args)
@@ -221,8 +221,8 @@ def test_a_select_stage_on_the_cpu_never_imports_torch(tmp_path):
     code = """
 import sys
 import numpy as np
-from cps_ray.config import PatchStreamConfig
-from cps_ray.pipeline.stages import SelectStage
+from cps_ray._config import PatchStreamConfig
+from cps_ray.pipeline._stages import SelectStage
 
 stage = SelectStage(PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=3))
 frames = np.random.default_rng(0).integers(0, 256, (1, 2, 3, 28, 28), dtype=np.uint8)

@@ -13,8 +13,8 @@ to a shell.
 """
 
 from ..errors import JobError
-from .inputs import find_inputs, resolve_output
-from .options import (
+from ._inputs import find_inputs, resolve_output
+from ._options import (
     DEFAULT_ROWS_PER_SHARD,
     add_address_option,
     add_config_options,
@@ -26,7 +26,7 @@ from .options import (
     non_negative_int,
     positive_int,
 )
-from .preprocess import (
+from ._preprocess import (
     PreprocessPlan,
     build_preprocess_parser,
     connect_ray,

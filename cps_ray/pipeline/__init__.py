@@ -5,15 +5,19 @@ package imports ``ray``, and only where a Ray pipeline is built."""
 from .._lazy import lazy_attributes
 
 _LAZY = {
-    "TrainingBatches": ".feed",
-    "collate_patches": ".feed",
-    "local_stream": ".local",
-    "ROW_COLUMNS": ".rows",
-    "row_patches": ".rows",
+    "TrainingBatches": "._feed",
+    "collate_patches": "._feed",
+    "local_stream": "._local",
+    "ROW_COLUMNS": "._rows",
+    "row_patches": "._rows",
     # These import Ray.
-    "patch_dataset": ".dataset",
-    "plan_pipeline": ".dataset",
-    "write_shards": ".shards",
+    "patch_dataset": "._dataset",
+    "plan_pipeline": "._dataset",
+    "write_shards": "._shards",
+    # Training on Ray Train workers (these import torch).
+    "Lockstep": "._train",
+    "train_on_workers": "._train",
+    "without_error_rows": "._train",
 }
 
 
@@ -21,11 +25,14 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
+    "Lockstep",
     "ROW_COLUMNS",
     "TrainingBatches",
     "collate_patches",
     "local_stream",
     "patch_dataset",
     "row_patches",
+    "train_on_workers",
+    "without_error_rows",
     "write_shards",
 ]

@@ -1,4 +1,4 @@
-"""The child process of :class:`cps_ray.pipeline.isolation.IsolatedWorker`.
+"""The child process of :class:`cps_ray.pipeline._isolation.IsolatedWorker`.
 
 ``python -m cps_ray.pipeline._isolated_child FD``: FD is this end of a
 socket pair. The first message is the pickled ``make_target``; the child
@@ -17,8 +17,8 @@ from multiprocessing.connection import Connection
 
 
 def main(fd: int) -> None:
-    from .isolation import watch_parent
-    from .rows import error_reason
+    from ._isolation import watch_parent
+    from ._rows import error_reason
 
     watch_parent(os.getppid())
     conn = Connection(socket.socket(fileno=fd).detach())

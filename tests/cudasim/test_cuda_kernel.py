@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from cps_ray import select_patches
-from cps_ray.kernels import cpu, reference
+from cps_ray._kernels import cpu, reference
 
 
 @pytest.fixture
 def kernel(monkeypatch):
-    """``cps_ray.kernels.cuda`` with 8 threads per block (imported here, not at
+    """``cps_ray._kernels.cuda`` with 8 threads per block (imported here, not at
     collection, so the folder skips cleanly without the simulator)."""
-    from cps_ray.kernels import cuda
+    from cps_ray._kernels import cuda
 
     monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 8)
     return cuda
@@ -84,7 +84,7 @@ def test_exactly_grey_first_frame(kernel):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_table_gather_matches_cpu(kernel, dtype):
-    from cps_ray.convert import bits_table
+    from cps_ray._convert import bits_table
 
     frames = _random(22, (2, 3, 8, 8))
     table = bits_table(dtype)
@@ -198,7 +198,7 @@ def test_missing_numba_cuda_names_the_package_and_extra():
     code = (
         "import sys; sys.modules['numba.cuda'] = None\n"
         "from cps_ray.errors import MissingDependencyError\n"
-        "try:\n    import cps_ray.kernels.cuda\n"
+        "try:\n    import cps_ray._kernels.cuda\n"
         "except MissingDependencyError as e:\n    print('MISSING:', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

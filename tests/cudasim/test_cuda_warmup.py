@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cps_ray import PatchStreamConfig
-from cps_ray.devices import override_cuda_device_count
+from cps_ray._devices import override_cuda_device_count
 
 CFG = PatchStreamConfig(
     sequence_length=2, input_size=28, patch_size=14, k_keep=4, decode_backend="cpu"
@@ -15,7 +15,7 @@ CFG = PatchStreamConfig(
 
 @pytest.fixture
 def cuda(monkeypatch):
-    from cps_ray.kernels import cuda
+    from cps_ray._kernels import cuda
 
     monkeypatch.setattr(cuda, "warm_devices", set())
     return cuda
@@ -38,7 +38,7 @@ def test_warmup_runs_every_kernel_once_per_device(cuda, monkeypatch):
 
 @pytest.mark.parametrize("process_backend, warm", [("gpu", {0}), ("cpu", set())])
 def test_a_video_worker_warms_the_kernel_it_will_run(cuda, process_backend, warm):
-    from cps_ray.pipeline.worker import VideoWorker
+    from cps_ray.pipeline._worker import VideoWorker
 
     with override_cuda_device_count(1):
         VideoWorker(PatchStreamConfig(**{**CFG.__dict__, "process_backend": process_backend}))
@@ -46,7 +46,7 @@ def test_a_video_worker_warms_the_kernel_it_will_run(cuda, process_backend, warm
 
 
 def test_a_gpu_select_stage_warms_when_its_actor_starts(cuda):
-    from cps_ray.pipeline.stages import SelectStage
+    from cps_ray.pipeline._stages import SelectStage
 
     with override_cuda_device_count(1):
         SelectStage(PatchStreamConfig(**{**CFG.__dict__, "process_backend": "gpu"}))
