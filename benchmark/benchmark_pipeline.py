@@ -1,10 +1,14 @@
 """Videos/s of ``local_stream`` and ``patch_dataset`` on the same cores.
 
-    python benchmark/benchmark_pipeline.py [VIDEO_DIR] [--videos 180] [--cpus 2] [--json PATH]
+    python benchmark/benchmark_pipeline.py [VIDEO_DIR] [--videos 180] [--cpus 2]
+        [--fuse auto yes] [--json PATH]
 
 Without VIDEO_DIR the demo's sample videos are repeated up to ``--videos``.
 Ray is started locally with ``--cpus`` CPUs; the pipeline's time includes
 starting its actor pools (reported separately as the time to the first row).
+``--fuse``: the pipeline layouts to time, one after the other on the same Ray
+(``auto``: the plan's choice, split decode and select pools on CPU; ``yes``:
+one fused pool whose actors decode and select).
 Prints a table and writes JSON; nothing here is asserted by tests.
 """
 
@@ -27,15 +31,15 @@ def _run_local(paths, cfg, workers):
     return time.perf_counter() - t0, rows
 
 
-def _run_pipeline(paths, cfg, ray):
+def _run_pipeline(paths, cfg, ray, fuse=None):
     from cps_ray import patch_dataset
-    from cps_ray.pipeline._dataset import plan_pipeline
+    from cps_ray.pipeline import plan_pipeline
 
-    plan = plan_pipeline(cfg, ray.cluster_resources())
+    plan = plan_pipeline(cfg, ray.cluster_resources(), fuse=fuse)
     t0 = time.perf_counter()
     first = None
     rows = []
-    for row in patch_dataset(paths, cfg).iter_rows():
+    for row in patch_dataset(paths, cfg, fuse=fuse).iter_rows():
         if first is None:
             first = time.perf_counter() - t0
         rows.append(row)
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--sequence-length", type=int, default=16)
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--k-keep", type=int, default=2048)
+    ap.add_argument("--fuse", nargs="+", choices=["auto", "yes"], default=["auto"])
     ap.add_argument("--json", default="benchmark/out/pipeline.json")
     args = ap.parse_args()
 
@@ -77,8 +82,11 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     _run_pipeline(paths[:4], cfg, ray)  # warm Numba's cache and the OS page cache
-    pipe_s, first_s, pipe_rows, plan = _run_pipeline(paths, cfg, ray)
+    layouts = {}
+    for mode in args.fuse:
+        layouts[mode] = _run_pipeline(paths, cfg, ray, fuse=True if mode == "yes" else None)
     ray.shutdown()
+    pipe_s, first_s, pipe_rows, plan = layouts[args.fuse[0]]
 
     frame_bytes = cfg.sequence_length * 3 * cfg.input_size**2
     token_bytes = sum(
@@ -113,6 +121,18 @@ def main() -> None:
         "ratio_pipeline_to_local": (len(paths) / pipe_s) / (len(paths) / local_s),
         "object_store_bytes_per_video": {"frames_uint8": frame_bytes, "tokens": token_bytes},
         "rows_equal": same,
+        "layouts": {
+            mode: {
+                "fused": p.fused,
+                "seconds": t,
+                "first_row_seconds": f,
+                "ratio_pipeline_to_local": local_s / t,
+                "rows_equal": all(
+                    np.array_equal(a["patches"], b["patches"]) for a, b in zip(local_rows, r)
+                ),
+            }
+            for mode, (t, f, r, p) in layouts.items()
+        },
     }
     print(f"{'mode':16} {'videos':>6} {'seconds':>8} {'videos/s':>9}")
     print(f"{'local_stream':16} {len(paths):6d} {local_s:8.2f} {len(paths) / local_s:9.2f}")
@@ -125,6 +145,12 @@ def main() -> None:
         f"pipeline / local: {result['ratio_pipeline_to_local']:.2f}; stages: "
         + ", ".join(f"{s.name} x{s.pool} ({s.num_cpus} CPU, {s.num_gpus} GPU)" for s in plan.stages)
     )
+    for mode, layout in result["layouts"].items():
+        print(
+            f"layout fuse={mode}: {layout['seconds']:.2f} s, first row after "
+            f"{layout['first_row_seconds']:.1f} s, pipeline / local "
+            f"{layout['ratio_pipeline_to_local']:.2f}, rows equal {layout['rows_equal']}"
+        )
     print(
         f"object store per video: frames {frame_bytes / 1e6:.2f} MB uint8, "
         f"tokens {token_bytes / 1e6:.2f} MB; rows equal: {same}"
