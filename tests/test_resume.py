@@ -178,7 +178,7 @@ def test_interrupted_write_resumed_equals_one_write(tmp_path):
 
 def _kill_session(leader: subprocess.Popen) -> None:
     """SIGKILL the driver's process group and every process of its session
-    (Ray then ends its job: the job's actors, and with them their decoders)."""
+    (the local Ray it started: GCS, raylet, workers, their decoders)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(leader.pid, signal.SIGKILL)
     leader.wait(timeout=30)
@@ -212,7 +212,7 @@ def _shards_of(out: Path) -> list[list[str]]:
     ]
 
 
-def test_killed_driver_then_resume_equals_a_clean_run(job_env, media, tmp_path, capsys):
+def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     inputs = []
@@ -224,22 +224,19 @@ def test_killed_driver_then_resume_equals_a_clean_run(job_env, media, tmp_path, 
     listing.write_text("".join(f"{p}\n" for p in inputs))
     args = ["--input", str(listing), "--rows-per-shard", "2", *SMALL]
 
-    # The same inputs in one uninterrupted run (on the session's Ray).
-    clean = tmp_path / "clean"
-    clean_manifest = run_preprocess(listing, clean, CFG, rows_per_shard=2, log=lambda _: None)
-
-    # The killed run: a driver that joins the session's Ray, its decoders
-    # hanging on one file (the variable reaches them through the job's
-    # runtime env), SIGKILLed once a shard is written.
     out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CPS_RAY_TEST_HANG_ON=HANG_NAME, RAY_USAGE_STATS_ENABLED="0")
     log_path = tmp_path / "killed.log"
     with open(log_path, "wb") as log:
         driver = subprocess.Popen(
             [sys.executable, str(REPO / "jobs" / "preprocess.py"), *args, "--output", str(out)],
-            env=job_env(CPS_RAY_TEST_HANG_ON=HANG_NAME), cwd=tmp_path, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
+        # Meanwhile, the same inputs in one uninterrupted run (on the session's Ray).
+        clean = tmp_path / "clean"
+        clean_manifest = run_preprocess(listing, clean, CFG, rows_per_shard=2, log=lambda _: None)
         deadline = time.monotonic() + START_SECONDS
         while not list((out / "shards").glob("shard-*.parquet")):
             assert driver.poll() is None, log_path.read_text()[-4000:]
