@@ -141,11 +141,11 @@ def _picture_config(args: argparse.Namespace):
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import DEFAULT_CACHE_DIR, run_demo
-
     config = _picture_config(args)
     if args.job:
-        from ._media import make_sample_videos
+        # The job's driver needs neither torch nor the decoders: the pictures'
+        # imports (torch, torchcodec, about 2 s here) come after it.
+        from ._media import DEFAULT_CACHE_DIR, make_sample_videos
         from .jobs import run_preprocess, summarize_preprocess
 
         videos = args.videos
@@ -155,6 +155,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         shards = os.path.join(args.out, "shards")
         manifest = run_preprocess(videos, shards, config, resume=True)
         print(summarize_preprocess(manifest, os.path.abspath(shards)))
+    from ._demo import run_demo
+
     return run_demo(args.videos, args.out, args.cache, config, args.workers)
 
 

@@ -22,12 +22,11 @@ import torch
 from ._api import decode_only
 from ._config import DecodeConfig, PatchStreamConfig
 from ._kernels.reference import patch_energies
-from ._media import VideoFolderError, find_videos, make_sample_videos
+from ._media import DEFAULT_CACHE_DIR, VideoFolderError, find_videos, make_sample_videos
 from ._select import select_video
 from .errors import CpsRayError, MissingDependencyError
 from .pipeline import local_stream
 
-DEFAULT_CACHE_DIR = os.path.join(".cache", "demo_videos")
 TILES_PER_ROW = 4
 DIM_FACTOR = 0.25  # brightness of dropped patches
 TILE_GAP = 6  # pixels between frames in the picture

@@ -65,6 +65,10 @@ def _ffmpeg_args(binary: str, source: str, out_path: str) -> list[str]:
     ]  # fmt: skip
 
 
+# Where the demo keeps its sample videos (relative to the working folder).
+DEFAULT_CACHE_DIR = os.path.join(".cache", "demo_videos")
+
+
 def make_sample_videos(folder: str | os.PathLike) -> list[str]:
     """Make the sample videos in ``folder`` (created if needed); return their paths.
 
