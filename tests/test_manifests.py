@@ -209,11 +209,13 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
 def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp_path,
                                                           monkeypatch):  # fmt: skip
     """A folder's job: the driver never lists it; a resume with nothing new
-    leaves the output as it is; a new video is the only one decoded; an empty
-    folder is refused and leaves the output untouched."""
+    builds no pipeline (the listing is screened against the output in a
+    task) and leaves the output as it is; a new video is the only one
+    decoded; an empty folder is refused and leaves the output untouched."""
     import shutil
 
     import cps_ray.jobs._inputs
+    import cps_ray.pipeline._dataset
     import cps_ray.pipeline._listing
     import cps_ray.pipeline._manifests
     from cps_ray.jobs import JobError, run_preprocess
@@ -236,7 +238,14 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
 
     before = snapshot()
     lines.clear()
-    again = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("a resume with nothing new built a pipeline")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cps_ray.pipeline._dataset, "build_patch_dataset", no_pipeline)
+        again = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True,
+                               log=lines.append)  # fmt: skip
     assert (again["inputs"], again["skipped"], again["run"]["ok"]) == (3, 3, 0)
     assert "preprocess: 3 inputs, 3 already in the output (skipped), 0 processed" in lines
     assert "preprocess: nothing to do; the output is left as it is" in lines

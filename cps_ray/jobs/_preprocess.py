@@ -281,25 +281,16 @@ def _run_streamed(spec, output, config, rows_per_shard, resume, retry_failed, ad
             "will be deleted (never part of the output)"
         )
     connect_ray(address)
-    from ..pipeline._dataset import build_patch_dataset
-    from ._admit import AdmitInputs, tally
-
-    counter = tally()
-    admit = (AdmitInputs, {"output": out, "retry": retry, "tally": counter})
     try:
-        ds = build_patch_dataset(spec, config, admit, pool_options)
+        if is_manifest(spec):
+            ds, counts, skipped = _admitted_manifest(spec, out, retry, config, pool_options)
+        else:
+            ds, counts = _admitted_listing(spec, out, retry, config, pool_options)
+            skipped = counts["skipped"]
     except ConfigError as err:
         if err.field != "inputs":
             raise
         raise JobError(f"input {shown!r}: {err.allowed}") from None
-    counts: dict[str, int] = {}
-
-    def skipped() -> int:
-        import ray
-
-        counts.update(ray.get(counter.totals.remote()))
-        return counts.get("skipped", 0)
-
     result = write_shards(ds, out, rows_per_shard=rows_per_shard, config=config, resume=resume,
                           skipped=skipped, retry=retry, screened=True)  # fmt: skip
     log(
@@ -314,6 +305,43 @@ def _run_streamed(spec, output, config, rows_per_shard, resume, retry_failed, ad
     if written.is_settled and not retry and result["run"]["ok"] + result["run"]["failed"] == 0:
         log(NOTHING_TO_DO)
     return result
+
+
+def _admitted_manifest(spec, out, retry, config, pool_options):
+    """A manifest's dataset, screened by an :class:`AdmitInputs` actor as it
+    is read; its counts arrive in a tally actor: ``(dataset, counts, skipped)``
+    (``skipped`` reads the tally and fills ``counts``)."""
+    from ..pipeline._dataset import build_patch_dataset
+    from ._admit import AdmitInputs, tally
+
+    counter = tally()
+    admit = (AdmitInputs, {"output": out, "retry": retry, "tally": counter})
+    ds = build_patch_dataset(spec, config, admit, pool_options)
+    counts: dict[str, int] = {}
+
+    def skipped() -> int:
+        import ray
+
+        counts.update(ray.get(counter.totals.remote()))
+        return counts.get("skipped", 0)
+
+    return ds, counts, skipped
+
+
+def _admitted_listing(spec, out, retry, config, pool_options):
+    """A folder's or URI prefix's dataset: listed by a task, screened by
+    another (:func:`~cps_ray.jobs._admit.admit_listing`) before any actor
+    starts: ``(dataset or None when nothing is left, counts)``."""
+    from ..pipeline._dataset import build_patch_dataset
+    from ..pipeline._manifests import list_on_cluster
+    from ._admit import admit_listing
+
+    runtime_env = pool_options.get("runtime_env")
+    listing = list_on_cluster(spec, runtime_env)
+    todo, counts = admit_listing(listing, out, retry, runtime_env)
+    if todo.count == 0:
+        return None, counts
+    return build_patch_dataset(todo, config, None, pool_options), counts
 
 
 def summarize_preprocess(manifest: dict[str, Any], output: str) -> str:

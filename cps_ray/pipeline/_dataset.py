@@ -19,7 +19,7 @@ from ..errors import ConfigError, DeviceUnavailableError
 from ._inputs import is_manifest, resolve_inputs, transport_path
 from ._isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
 from ._listing import is_listing
-from ._manifests import ManifestSource, list_on_cluster, read_manifest_dataset
+from ._manifests import ListingSource, ManifestSource, list_on_cluster, read_manifest_dataset
 from ._stages import DecodeStage, FusedStage, SelectStage
 from ._worker import check_stream_config
 
@@ -204,8 +204,10 @@ def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None)
         per_block = _block_size(source.estimated_rows, videos_per_block, decode_pool)
         source.videos_per_block = per_block
         return read_manifest_dataset(source, runtime_env), per_block
-    if is_listing(inputs):
-        source = list_on_cluster(inputs, runtime_env)
+    if is_listing(inputs) or isinstance(inputs, ListingSource):
+        source = (
+            inputs if isinstance(inputs, ListingSource) else list_on_cluster(inputs, runtime_env)
+        )
         per_block = _block_size(source.count, videos_per_block, decode_pool)
         source.videos_per_block = per_block
         return read_manifest_dataset(source, runtime_env), per_block
