@@ -89,7 +89,7 @@ def _screen_listing(table: pa.Table, output: str, retry: frozenset[str]):
 def admit_listing(source, output: str, retry: frozenset[str], runtime_env: dict | None = None):
     """``(source of the paths still to do, counts)`` for a listing ``source``
     (a :class:`~cps_ray.pipeline._manifests.ListingSource`), screened in a
-    task next to it: the driver gets the counts, never the paths."""
+    task: the driver gets the counts, never the paths."""
     import ray
 
     from ..pipeline._manifests import ListingSource
