@@ -11,7 +11,7 @@ OUT ?= demo_out
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cps_ray-installed
 
-.PHONY: setup ffmpeg demo test bench lint clean
+.PHONY: setup ffmpeg demo test test-cpu test-cudasim bench lint clean
 
 setup: ffmpeg $(STAMP)
 
@@ -38,10 +38,19 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: setup
 	$(BIN)/cps-ray demo --job --out $(OUT) $(if $(VIDEOS),--videos $(VIDEOS),)
 
-# The CUDA kernels run in Numba's simulator, which must be switched on before
-# numba is imported: a second pytest process for that folder.
+# Two lanes at once, each printed whole when it ends: the CPU suite on
+# TEST_WORKERS pytest-xdist workers (slow tests first; they wait on Ray's
+# processes, and the other worker fills the gaps), and the CUDA kernels in
+# Numba's simulator, which must be switched on before numba is imported: a
+# pytest process of its own.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q tests --ignore=tests/cudasim
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-cpu test-cudasim
+
+test-cpu:
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1 tests --ignore=tests/cudasim
+
+test-cudasim:
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q tests/cudasim
 
 bench: setup

@@ -13,7 +13,13 @@ import sys
 import ray
 from ray.cluster_utils import Cluster
 
-ENV = {"CPS_RAY_FAKE_CUDA_DEVICES": "visible", "NUMBA_ENABLE_CUDASIM": "1"}
+# 16 threads per block: the simulator starts a Python thread for each (the
+# kernels' results do not depend on it, tests/cudasim checks 1 to 256).
+ENV = {
+    "CPS_RAY_FAKE_CUDA_DEVICES": "visible",
+    "NUMBA_ENABLE_CUDASIM": "1",
+    "CPS_RAY_CUDA_THREADS_PER_BLOCK": "16",
+}
 
 
 def main(paths: list[str]) -> None:
@@ -37,9 +43,9 @@ def main(paths: list[str]) -> None:
                             decode_backend="cpu", process_backend="gpu",
                             output_dtype="fp32")  # fmt: skip
     rows = patch_dataset(paths, cfg).take_all()
-    local = list(
-        local_stream(paths, PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"}))
-    )
+    # The CPU kernel's rows, decoded in this process (no zygote to start).
+    cpu_cfg = PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"})
+    local = list(local_stream(paths, cpu_cfg, isolation="none"))
     same = all(
         (a["patches"] == b["patches"]).all() and (a["meta_fields"] == b["meta_fields"]).all()
         for a, b in zip(rows, local)

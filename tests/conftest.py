@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from media import make_gpu_media, make_media
@@ -13,8 +14,17 @@ from media import make_gpu_media, make_media
 CPU_VIEW = {"CPS_RAY_FAKE_CUDA_DEVICES": "0"}
 
 
+def _expected_seconds(item) -> float:
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 10)) if marker else 0.0
+
+
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests skip without CUDA, or fail with CPS_RAY_REQUIRE_GPU=1."""
+    """Slow tests first, longest first: on pytest-xdist's workers (``make
+    test``) the long ones start at once and the short ones fill the gaps.
+    ``gpu`` tests skip without CUDA, or fail with CPS_RAY_REQUIRE_GPU=1."""
+    items.sort(key=lambda item: -_expected_seconds(item))  # stable: the rest keep their order
+
     from cps_ray._devices import cuda_device_count
 
     if cuda_device_count() > 0:
@@ -37,28 +47,34 @@ def _cpu_view_of_cuda(request, monkeypatch):
     yield
 
 
-def _media_folder(tmp_path_factory, name: str):
+def _shared_media(tmp_path_factory, name: str, make):
+    """``make(folder)`` once per test run: pytest-xdist's workers share the
+    run's folder, and the first one to get there makes the files."""
     # CPS_RAY_TEST_MEDIA: a folder made beforehand (scripts/gpu_session.sh
     # carries one to GPU machines, which have no ffmpeg CLI).
     premade = os.environ.get("CPS_RAY_TEST_MEDIA")
     if premade:
-        from pathlib import Path
-
-        return Path(premade) / name
+        return make(Path(premade) / name)
     if shutil.which("ffmpeg") is None:
         pytest.fail("the ffmpeg CLI is needed to make test media (make setup installs it)")
-    return tmp_path_factory.mktemp(name)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    run_folder = tmp_path_factory.getbasetemp().parent  # this run's, beside the workers'
+    with FileLock(str(run_folder / f"{name}.lock")):
+        return make(run_folder / name)
 
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory):
-    return make_media(_media_folder(tmp_path_factory, "media"))
+    return _shared_media(tmp_path_factory, "media", make_media)
 
 
 @pytest.fixture(scope="session")
 def gpu_media(tmp_path_factory):
     """NVDEC-sized media (``media.GPU_MEDIA``), made only where a test asks."""
-    return make_gpu_media(_media_folder(tmp_path_factory, "gpu_media"))
+    return _shared_media(tmp_path_factory, "gpu_media", make_gpu_media)
 
 
 @pytest.fixture(scope="session")

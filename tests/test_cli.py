@@ -98,6 +98,7 @@ def test_usage_errors_exit_2(capsys):
     assert "usage: cps-ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow(seconds=24)
 def test_demo_runs_the_job_path_then_draws(ray_session, media, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()

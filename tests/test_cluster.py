@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow(seconds=85)
 def test_stages_and_trainer_land_where_the_config_says(media):
     paths = [str(media["h264.mp4"]), str(media["vp9.webm"]), str(media["broken/empty.mp4"])]
     script = Path(__file__).with_name("cluster_check.py")

@@ -401,6 +401,7 @@ class _Unpicklable:
         raise TypeError("cannot pickle this factory")
 
 
+@pytest.mark.slow(seconds=12)
 def test_local_stream_contains_crashes_and_hangs(media, monkeypatch, clean_rows):
     monkeypatch.setenv(CRASH_ENV, "vp9.webm")
     monkeypatch.setenv(HANG_ENV, "mpeg2.mpg")
@@ -449,6 +450,7 @@ def _actor_pids(stage: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow(seconds=13)
 def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
     ray_session, media, clean_rows
 ):
@@ -495,6 +497,7 @@ def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_row
     _assert_same_rows(rows, [clean_rows[p] for p in paths])
 
 
+@pytest.mark.slow(seconds=11)
 def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session, media):
 
     paths = [str(media["h264.mp4"]), str(media["vp9.webm"])]

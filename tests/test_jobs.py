@@ -1,5 +1,6 @@
 """The jobs: preprocess under ``ray job submit`` on a token-protected head,
-alone (a local Ray) and resumed; train_stream on CPU; cluster.yaml."""
+alone (a local Ray) and resumed; train_stream on CPU, also on two Ray Train
+workers fed by the live pipeline, then resumed on the shards; cluster.yaml."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def _submit(head_url: str, env: dict, *args: str, timeout: int = 300):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow(seconds=55)
 def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
     videos = tmp_path / "in videos"
     (videos / "nested").mkdir(parents=True)
@@ -118,6 +120,7 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow(seconds=90)
 def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media, tmp_path):
     first_list = tmp_path / "first.txt"
     first_list.write_text(f"{media['h264.mp4']}\n{media['broken/text.mp4']}\n")
@@ -175,23 +178,61 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     # The shards feed training as they are (nothing decoded).
     summary = _train(["--input", str(out), "--steps", "2", "--batch-size", "2"], tmp_path)
     assert summary["samples"] == 4
-    # ... and two Ray Train workers, each on its own share of the shards.
-    argv = ["--input", str(out), "--num-workers", "2", "--worker-cpus", "0.5", "--epochs", "1",
-            "--batch-size", "1", "--checkpoint-dir", str(tmp_path / "runs")]  # fmt: skip
-    summary = _train(argv, tmp_path)
-    assert [w["paths"] for w in summary["workers"]] in (
+
+    # Two Ray Train workers (CPU, gloo) on the live pipeline: disjoint shares,
+    # error rows counted, equal steps however the errors fall (here all in
+    # one block at the start)...
+    good = [str(media[n]) for n in ("h264.mp4", "vp9.webm", "hevc.mkv", "mpeg4.avi")]
+    bad = [str(media[n]) for n in ("broken/text.mp4", "broken/empty.mp4", "broken/truncated.mp4")]
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{p}\n" for p in bad + good))
+    common = ["--num-workers", "2", "--worker-cpus", "0.5", "--batch-size", "1",
+              "--checkpoint-dir", str(tmp_path / "runs"), "--run-name", "t"]  # fmt: skip
+    first = _train(["--input", str(listing), *common, "--epochs", "1", *SMALL], tmp_path)
+    assert first["num_workers"] == 2
+    workers = first["workers"]
+    # Error rows are dropped before the split and counted for the run.
+    assert first["failed"] == len(bad) and set(first["failures"]) == set(bad)
+    assert all(reason.startswith(path) for path, reason in first["failures"].items())
+    # Equal shares of the good rows: the same steps on both workers, each
+    # video on one worker only, none lost (4 rows split 2 + 2).
+    assert [w["steps"] for w in workers] == [2, 2]
+    trained = [w["paths"] for w in workers]
+    assert not set(trained[0]) & set(trained[1])
+    assert sorted(trained[0] + trained[1]) == sorted(good)
+    assert first["samples"] == 4 and first["dropped"] == 0
+    assert first["checkpoint"] is not None
+    assert all(w["loss_last"] is not None for w in workers)
+
+    # ... then the same run name and folder on the shards: the run continues
+    # after its last epoch, each worker on its own share of the shards.
+    again = _train(["--input", str(out), *common, "--epochs", "2"], tmp_path)
+    for w in again["workers"]:
+        assert w["resumed_at_step"] == workers[0]["steps"]
+        assert [e["epoch"] for e in w["epochs"]] == [1]
+    assert len({w["steps"] for w in again["workers"]}) == 1
+    assert [w["paths"] for w in again["workers"]] in (
         [[str(media["h264.mp4"])], [str(media["vp9.webm"])]],
         [[str(media["vp9.webm"])], [str(media["h264.mp4"])]],
     )
 
 
-def _train(argv: list[str], tmp_path: Path) -> dict:
+def _train_stream():
     spec = importlib.util.spec_from_file_location("train_stream", REPO / "jobs" / "train_stream.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _train(argv: list[str], tmp_path: Path) -> dict:
     summary_path = tmp_path / "train.json"
-    assert module.main([*argv, "--device", "cpu", "--json", str(summary_path)]) == 0
+    assert _train_stream().main([*argv, "--device", "cpu", "--json", str(summary_path)]) == 0
     return json.loads(summary_path.read_text())
+
+
+def test_epochs_need_ray_train_workers(media, capsys):
+    assert _train_stream().main(["--input", str(media["h264.mp4"]), "--epochs", "1"]) == 2
+    assert "--epochs needs --num-workers" in capsys.readouterr().err
 
 
 def test_train_stream_on_the_live_pipeline(ray_session, media, tmp_path, capsys):

@@ -134,6 +134,7 @@ def test_patch_dataset_streams_a_manifest_with_missing_files(ray_session, media,
     assert all(r["error"] == f"{p}: file not found" for r, p in zip(rows[1:-1], missing))
 
 
+@pytest.mark.slow(seconds=12)
 def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media, tmp_path,
                                                               monkeypatch):  # fmt: skip
     """A manifest job: repeated spellings of one input are one input, what the
@@ -206,6 +207,7 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
         patch_dataset(str(tmp_path / "empty"), CFG)
 
 
+@pytest.mark.slow(seconds=10)
 def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp_path,
                                                           monkeypatch):  # fmt: skip
     """A folder's job: the driver never lists it; a resume with nothing new

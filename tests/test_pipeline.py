@@ -63,6 +63,7 @@ def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype, selectio
     assert all(r["decode_backend"] == "cpu" and r["process_backend"] == "cpu" for r in rows)
 
 
+@pytest.mark.slow(seconds=11)
 def test_inputs_as_manifest_and_dataset(ray_session, media, tmp_path):
     paths = _paths(media, ["h264.mp4", "vp9.webm", "broken/empty.mp4"])
     manifest = tmp_path / "videos.parquet"
@@ -117,6 +118,7 @@ def test_plan_split_backends():
         plan_pipeline(gpu_cpu, {"CPU": 8.0})
 
 
+@pytest.mark.slow(seconds=11)
 def test_training_batches_and_shards(ray_session, media, tmp_path):
     """One dataset run feeds a training loop; a second writes shards."""
     import json

@@ -134,6 +134,7 @@ def test_remote_failures_are_error_rows_naming_the_uri(s3, media):
     assert all("hunter2" not in (e or "") for e in errors)
 
 
+@pytest.mark.slow(seconds=24)
 def test_a_server_that_is_gone_gives_error_rows_after_bounded_tries(media):
     server = S3Server()
     env = dict(os.environ, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID="testing",
@@ -154,6 +155,7 @@ def test_a_server_that_is_gone_gives_error_rows_after_bounded_tries(media):
     assert seconds < 120
 
 
+@pytest.mark.slow(seconds=18)
 def test_preprocess_job_from_s3_to_s3_with_resume(s3, job_env, media, tmp_path):
     """The job joins the session's Ray with the store's settings in its
     runtime env, as a job submitted with them does."""
@@ -249,6 +251,7 @@ def _job_rows(out: Path) -> tuple[dict, dict]:
     return good, errors
 
 
+@pytest.mark.slow(seconds=24)
 def test_server_stopped_halfway_then_resume_equals_a_clean_run(job_env, media, tmp_path,
                                                                 monkeypatch):  # fmt: skip
     """The store goes away while a job reads from it: the videos it could not

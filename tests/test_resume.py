@@ -212,6 +212,7 @@ def _shards_of(out: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow(seconds=32)
 def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -24,10 +24,24 @@ try:
 except ImportError as exc:  # numba-cuda (or its CUDA bindings) is missing
     raise MissingDependencyError("numba-cuda", "The gpu process backend", "cuda") from exc
 
-# Read at each call, so tests can lower it and make tiny inputs span blocks.
-THREADS_PER_BLOCK = 256
 # Shared scan buffers need a compile-time size: the hardware's block limit.
 MAX_THREADS_PER_BLOCK = 1024
+
+
+def _threads_per_block_from_env() -> int:
+    text = os.environ.get("CPS_RAY_CUDA_THREADS_PER_BLOCK", "256")
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            "CPS_RAY_CUDA_THREADS_PER_BLOCK", text, "It must be an int between 1 and 1024."
+        ) from None
+
+
+# Threads per block (CPS_RAY_CUDA_THREADS_PER_BLOCK, 256 by default). Read at
+# each launch, so tests can lower it and make tiny inputs span blocks; in
+# Numba's simulator every thread is a Python thread, and 16 start far faster.
+THREADS_PER_BLOCK = _threads_per_block_from_env()
 # 4-bit digits: a 16-bin histogram that one thread scans in a blink.
 _RADIX_BITS = 4
 _RADIX_BINS = 1 << _RADIX_BITS
@@ -207,7 +221,9 @@ def _launch(frames, energies, flat, kept, table, patches, patch_size, k_keep, ch
     tpb = THREADS_PER_BLOCK
     if not 1 <= tpb <= MAX_THREADS_PER_BLOCK:
         raise ConfigError(
-            "THREADS_PER_BLOCK", tpb, f"It must be between 1 and {MAX_THREADS_PER_BLOCK}."
+            "THREADS_PER_BLOCK (CPS_RAY_CUDA_THREADS_PER_BLOCK)",
+            tpb,
+            f"It must be between 1 and {MAX_THREADS_PER_BLOCK}.",
         )
     num_b = frames.shape[0]
     _energies_kernel[-(-energies.size // tpb), tpb, stream](frames, patch_size, energies)

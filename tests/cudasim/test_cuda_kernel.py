@@ -179,6 +179,16 @@ def test_threads_per_block_out_of_range_is_an_error(kernel, monkeypatch, threads
         kernel.select(np.zeros((1, 3, 4, 4), np.uint8), 2, 1)
 
 
+def test_threads_per_block_come_from_the_environment(kernel, monkeypatch):
+    monkeypatch.setenv("CPS_RAY_CUDA_THREADS_PER_BLOCK", "16")
+    assert kernel._threads_per_block_from_env() == 16
+    monkeypatch.delenv("CPS_RAY_CUDA_THREADS_PER_BLOCK")
+    assert kernel._threads_per_block_from_env() == 256
+    monkeypatch.setenv("CPS_RAY_CUDA_THREADS_PER_BLOCK", "many")
+    with pytest.raises(ValueError, match="CPS_RAY_CUDA_THREADS_PER_BLOCK.*'many'"):
+        kernel._threads_per_block_from_env()
+
+
 def _bits(tensor):
     return tensor.view({4: torch.int32, 2: torch.int16}[tensor.element_size()])
 
