@@ -45,6 +45,7 @@ demo: setup
 # pytest process of its own.
 TEST_WORKERS ?= 2
 test: setup
+	@echo "make test: the CPU tests ($(TEST_WORKERS) workers) and the CUDA-simulator tests run at once; each prints when it ends"
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-cpu test-cudasim
 
 test-cpu:
