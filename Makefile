@@ -45,6 +45,9 @@ demo: setup
 # pytest process of its own.
 TEST_WORKERS ?= 2
 test: setup
+	@# Numba's disk cache first: in a fresh clone every worker, actor and child
+	@# would otherwise compile the CPU kernels side by side (7 CPU-s each).
+	@$(BIN)/python -c "from cps_ray._kernels import cpu; cpu.warmup()"
 	@echo "make test: the CPU tests ($(TEST_WORKERS) workers) and the CUDA-simulator tests run at once; each prints when it ends"
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-cpu test-cudasim
 

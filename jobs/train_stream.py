@@ -44,11 +44,12 @@ from cps_ray.jobs import (  # noqa: E402
     add_address_option,
     add_config_options,
     add_isolation_options,
+    add_pool_options,
     config_from_args,
     connect_ray,
     find_inputs,
-    isolation_from_args,
     non_negative_int,
+    pipeline_options_from_args,
     positive_int,
     run_entry_point,
 )
@@ -75,7 +76,7 @@ def build_dataset(args, **pool_options):
     from cps_ray import patch_dataset
 
     config = config_from_args(args)
-    options = {**isolation_from_args(args), **pool_options}
+    options = {**pipeline_options_from_args(args), **pool_options}
     # A manifest, folder or prefix streams through Ray Data; a glob is listed here.
     streamed = is_manifest(args.input) or is_listing(args.input)
     inputs = args.input if streamed else find_inputs(args.input)
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     add_address_option(parser)
     add_isolation_options(parser)
+    add_pool_options(parser)
     add_config_options(parser)  # for video inputs; a preprocess output brings its own
     return parser
 

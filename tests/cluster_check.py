@@ -42,7 +42,9 @@ def main(paths: list[str]) -> None:
     cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4,
                             decode_backend="cpu", process_backend="gpu",
                             output_dtype="fp32")  # fmt: skip
-    rows = patch_dataset(paths, cfg).take_all()
+    # One decode actor (the default fills the cluster's CPUs, four actors for
+    # three videos): what is checked is where the select stage runs.
+    rows = patch_dataset(paths, cfg, decode_pool=1).take_all()
     # The CPU kernel's rows, decoded in this process (no zygote to start).
     cpu_cfg = PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"})
     local = list(local_stream(paths, cpu_cfg, isolation="none"))
@@ -59,7 +61,7 @@ def main(paths: list[str]) -> None:
 
     auto = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
     trained = train_on_workers(
-        patch_dataset(paths, auto, reserve_cpus=1, reserve_gpus=1), auto,
+        patch_dataset(paths, auto, reserve_cpus=1, reserve_gpus=1, decode_pool=1), auto,
         {"batch_size": 1, "epochs": 1, "steps": None, "lr": 1e-3, "dim": 8, "depth": 1,
          "heads": 2, "mask_ratio": 0.25, "seed": 0, "prefetch_batches": 1},
         num_workers=1, resources_per_worker={"CPU": 1},

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from local_ray_head import psutil
+from pools import ONE_ACTOR
 
 from cps_ray import IsolationError, PatchStreamConfig, local_stream, patch_dataset
 from cps_ray._faults import CRASH_ENV, HANG_ENV
@@ -507,7 +508,7 @@ def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session
         isolation="none",
         max_attempts=2,
         videos_per_block=1,
-        decode_pool=1,
+        **ONE_ACTOR,  # the fused actor decodes in itself too
         runtime_env={"env_vars": {CRASH_ENV: "vp9.webm"}},
     )
     # Ray would restart the actor and retry its block forever; bounded task
@@ -534,6 +535,7 @@ def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media
         log=lambda line: None,
         videos_per_block=2,
         runtime_env={"env_vars": {CRASH_ENV: "vp9.webm"}},
+        **ONE_ACTOR,
     )
     written = read_output(str(out))
     errors = dict(read_errors(str(out)))

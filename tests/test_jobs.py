@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from local_ray_head import RAY, local_ray_head, session_processes
+from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import ConfigError, EnergyRuleError, PatchStreamConfig, local_stream, write_shards
 from cps_ray.jobs import (
@@ -70,7 +71,8 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
     token_file = tmp_path / "auth_token"
     token_file.write_text(os.urandom(32).hex())
     token_file.chmod(0o600)
-    args = ["--input", str(videos), "--output", str(out), "--rows-per-shard", "1", *SMALL]
+    args = ["--input", str(videos), "--output", str(out), "--rows-per-shard", "1", *SMALL,
+            *ONE_ACTOR_ARGS]  # fmt: skip
 
     with local_ray_head(token_file) as head:
         first = _submit(head.dashboard_url, head.env, *args)
@@ -128,7 +130,7 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     # Alone: `cps-ray preprocess` (the job's code) starts a local Ray of its own.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [str(Path(sys.executable).parent / "cps-ray"), "preprocess"]
-    args = [str(first_list), str(out), "--rows-per-shard", "1", *SMALL]
+    args = [str(first_list), str(out), "--rows-per-shard", "1", *SMALL, *ONE_ACTOR_ARGS]
     alone = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "this run: 1 ok, 1 failed" in alone.stdout
@@ -161,7 +163,7 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     second_list = tmp_path / "second.csv"
     names = ["h264.mp4", "vp9.webm", "broken/text.mp4", "broken/empty.mp4"]
     second_list.write_text("path\n" + "".join(f"{media[n]}\n" for n in names))
-    manifest = run_preprocess(second_list, out, CFG, rows_per_shard=1, resume=True)
+    manifest = run_preprocess(second_list, out, CFG, rows_per_shard=1, resume=True, **ONE_ACTOR)
     assert (manifest["inputs"], manifest["skipped"]) == (4, 2)
     assert (manifest["ok"], manifest["failed"]) == (2, 2)
     assert manifest["run"] == {
@@ -188,7 +190,8 @@ def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media,
     listing.write_text("".join(f"{p}\n" for p in bad + good))
     common = ["--num-workers", "2", "--worker-cpus", "0.5", "--batch-size", "1",
               "--checkpoint-dir", str(tmp_path / "runs"), "--run-name", "t"]  # fmt: skip
-    first = _train(["--input", str(listing), *common, "--epochs", "1", *SMALL], tmp_path)
+    first = _train(["--input", str(listing), *common, "--epochs", "1", *SMALL, *ONE_ACTOR_ARGS],
+                   tmp_path)  # fmt: skip
     assert first["num_workers"] == 2
     workers = first["workers"]
     # Error rows are dropped before the split and counted for the run.
@@ -240,7 +243,8 @@ def test_train_stream_on_the_live_pipeline(ray_session, media, tmp_path, capsys)
     videos.mkdir()
     for name in ("h264.mp4", "vp9.webm", "broken/text.mp4", "mpeg2.mpg"):
         shutil.copy(media[name], videos / name.replace("/", "_"))
-    argv = ["--input", str(videos), "--steps", "3", "--batch-size", "1", "--dim", "32", *SMALL]
+    argv = ["--input", str(videos), "--steps", "3", "--batch-size", "1", "--dim", "32", *SMALL,
+            *ONE_ACTOR_ARGS]  # fmt: skip
     summary = _train(argv, tmp_path)
     assert summary["steps"] == 3 and summary["samples"] == 3
     assert summary["samples_per_second"] > 0
@@ -320,6 +324,25 @@ def test_preprocess_refuses_before_starting_anything(tmp_path, capsys, media):
     with pytest.raises(SystemExit) as usage:
         preprocess_main(["--output", str(out)])
     assert usage.value.code == 2
+
+
+def test_pool_flags_reach_patch_dataset(capsys):
+    from cps_ray.jobs import build_preprocess_parser, pipeline_options_from_args
+
+    parser = build_preprocess_parser()
+    base = ["--input", "in", "--output", "out"]
+    unset = pipeline_options_from_args(parser.parse_args(base))
+    assert unset == {"isolation": "process", "max_attempts": 2}  # the pools' defaults
+    given = pipeline_options_from_args(parser.parse_args(
+        [*base, "--decode-pool", "3", "--select-pool", "2", "--no-fuse"]))  # fmt: skip
+    assert (given["decode_pool"], given["select_pool"], given["fuse"]) == (3, 2, False)
+    assert pipeline_options_from_args(parser.parse_args([*base, *ONE_ACTOR_ARGS])) == {
+        **unset,
+        **ONE_ACTOR,
+    }
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--decode-pool", "0"])
+    assert "--decode-pool: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def _commands(config: dict) -> list[str]:

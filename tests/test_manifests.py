@@ -6,6 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pools import ONE_ACTOR
 
 from cps_ray import ConfigError, PatchStreamConfig
 from cps_ray.pipeline._inputs import local_path, read_manifest
@@ -128,7 +129,7 @@ def test_patch_dataset_streams_a_manifest_with_missing_files(ray_session, media,
     missing = [str(tmp_path / f"gone-{i:04d}.mp4") for i in range(300)]
     manifest = tmp_path / "list.txt"
     manifest.write_text("\n".join([good[0], *missing, good[1]]) + "\n")
-    rows = patch_dataset(str(manifest), CFG, videos_per_block=4).take_all()
+    rows = patch_dataset(str(manifest), CFG, videos_per_block=4, **ONE_ACTOR).take_all()
     assert [r["path"] for r in rows] == [good[0], *missing, good[1]]  # order kept
     assert rows[0]["error"] is None and rows[-1]["error"] is None
     assert all(r["error"] == f"{p}: file not found" for r, p in zip(rows[1:-1], missing))
@@ -154,7 +155,7 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
     first.write_text(f"{folder}/h264.mp4\n{folder}/./h264.mp4\n{folder}//broken/text.mp4\n")
     out = tmp_path / "out"
     lines = []
-    manifest = run_preprocess(first, out, CFG, rows_per_shard=1, log=lines.append)
+    manifest = run_preprocess(first, out, CFG, rows_per_shard=1, log=lines.append, **ONE_ACTOR)
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (2, 1, 1)
     assert manifest["duplicate_rows"] == 0 and manifest["skipped"] == 0
     assert "read as the run goes" in lines[0]
@@ -162,7 +163,8 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
 
     second = tmp_path / "second.txt"
     second.write_text(f"{folder}/vp9.webm\n{folder}/h264.mp4\n{folder}/broken/text.mp4\n")
-    manifest = run_preprocess(second, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+    manifest = run_preprocess(second, out, CFG, rows_per_shard=1, resume=True,
+                              log=lines.append, **ONE_ACTOR)  # fmt: skip
     assert (manifest["inputs"], manifest["skipped"]) == (3, 2)
     assert (manifest["ok"], manifest["failed"], manifest["run"]["ok"]) == (2, 1, 1)
     written = json.loads((out / "manifest.json").read_text())
@@ -199,7 +201,7 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
     monkeypatch.setattr(cps_ray.pipeline._listing, "list_videos", refuse)
     monkeypatch.setattr(cps_ray.pipeline._manifests, "list_videos", refuse)
     monkeypatch.setattr(cps_ray.pipeline._manifests, "LISTING_ROWS_PER_TASK", 2)
-    rows = patch_dataset(str(folder), CFG).take_all()
+    rows = patch_dataset(str(folder), CFG, **ONE_ACTOR).take_all()
     assert [r["path"] for r in rows] == expected  # two read tasks, in order
     assert [r["error"] is None for r in rows] == [True, True, False]
     (tmp_path / "empty").mkdir()
@@ -231,7 +233,7 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
     folder = _video_folder(media, tmp_path / "videos")
     out = tmp_path / "out"
     lines = []
-    manifest = run_preprocess(folder, out, CFG, rows_per_shard=1, log=lines.append)
+    manifest = run_preprocess(folder, out, CFG, rows_per_shard=1, log=lines.append, **ONE_ACTOR)
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (3, 2, 1)
     assert "listed by a task" in lines[0]
 
@@ -254,7 +256,8 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
     assert snapshot() == before
 
     shutil.copy(media["h264.mp4"], folder / "a.mp4")
-    third = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append)
+    third = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append,
+                           **ONE_ACTOR)  # fmt: skip
     assert (third["inputs"], third["skipped"], third["run"]["ok"]) == (4, 3, 1)
     assert third["shards"][-1]["file"] == "shards/shard-00002.parquet"
 

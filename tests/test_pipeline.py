@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pools import ONE_ACTOR
 
 from cps_ray import ConfigError, PatchStreamConfig, local_stream, patch_dataset, row_patches
 from cps_ray.errors import DeviceUnavailableError
@@ -72,7 +73,7 @@ def test_inputs_as_manifest_and_dataset(ray_session, media, tmp_path):
     text.write_text("\n".join(paths))
     from_ds = ray_session.data.from_items([{"path": p, "other": 1} for p in paths])
     for inputs in (str(manifest), str(text), from_ds):
-        rows = patch_dataset(inputs, CFG, decode_pool=1).take_all()  # 3 videos: one decoder
+        rows = patch_dataset(inputs, CFG, **ONE_ACTOR).take_all()
         assert sorted(r["path"] for r in rows) == sorted(paths)
         assert sum(r["error"] is not None for r in rows) == 1
 
@@ -128,7 +129,7 @@ def test_training_batches_and_shards(ray_session, media, tmp_path):
     from cps_ray import TrainingBatches, write_shards
 
     paths = _paths(media)
-    ds = patch_dataset(paths, CFG)
+    ds = patch_dataset(paths, CFG, **ONE_ACTOR)
     feed = TrainingBatches(ds, batch_size=2)
     batches = list(feed)
     assert [len(b["path"]) for b in batches] == [2, 2, 1]
@@ -140,7 +141,9 @@ def test_training_batches_and_shards(ray_session, media, tmp_path):
     assert first["meta_scores"].shape == (2, 10) and first["meta_scores"].device.type == "cpu"
 
     out = tmp_path / "shards_out"
-    manifest = write_shards(patch_dataset(paths, CFG), str(out), rows_per_shard=2, config=CFG)
+    manifest = write_shards(
+        patch_dataset(paths, CFG, **ONE_ACTOR), str(out), rows_per_shard=2, config=CFG
+    )
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (7, 5, 2)
     assert [s["file"] for s in manifest["shards"]] == [
         "shards/shard-00000.parquet",
@@ -167,7 +170,7 @@ def test_collate_for_iter_torch_batches(ray_session, media):
     from cps_ray import collate_patches
 
     paths = _paths(media, ["h264.mp4", "broken/empty.mp4", "vp9.webm"])
-    ds = patch_dataset(paths, CFG, decode_pool=1)
+    ds = patch_dataset(paths, CFG, **ONE_ACTOR)
     sizes = [
         len(b["path"]) for b in ds.iter_torch_batches(batch_size=3, collate_fn=collate_patches)
     ]

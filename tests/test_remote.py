@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import PatchStreamConfig, local_stream
 
@@ -167,7 +168,7 @@ def test_preprocess_job_from_s3_to_s3_with_resume(s3, job_env, media, tmp_path):
     job = [sys.executable, str(REPO / "jobs/preprocess.py"), "--input", "s3://jobs/in/",
            "--output", "s3://jobs/out", "--sequence-length", "4", "--input-size", "28",
            "--patch-size", "14", "--k-keep", "6", "--decode-backend", "cpu",
-           "--process-backend", "cpu"]  # fmt: skip
+           "--process-backend", "cpu", *ONE_ACTOR_ARGS]  # fmt: skip
     env = job_env(**{k: os.environ[k] for k in _AWS})
     first = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -231,7 +232,7 @@ def test_patch_dataset_streams_a_manifest_kept_in_s3(s3, ray_session, media, tmp
     listing.write_text("h264.mp4\n# a comment\nvp9.webm\nmissing.mp4\n")
     manifest = s3.upload(listing, "stream/in/list.txt")
     env = {k: os.environ[k] for k in _AWS}
-    rows = patch_dataset(manifest, CFG, runtime_env={"env_vars": env}).take_all()
+    rows = patch_dataset(manifest, CFG, runtime_env={"env_vars": env}, **ONE_ACTOR).take_all()
     assert [r["path"] for r in rows] == [f"s3://stream/in/{n}" for n in [*names, "missing.mp4"]]
     local = list(local_stream([str(media[n]) for n in names], CFG, num_workers=1))
     for a, b in zip(rows, local):
@@ -280,7 +281,7 @@ def test_server_stopped_halfway_then_resume_equals_a_clean_run(job_env, media, t
                 "s3://halt/in/list.txt", "--output", str(out), "--rows-per-shard", "1",
                 "--sequence-length", "4", "--input-size", "28", "--patch-size", "14",
                 "--k-keep", "6", "--decode-backend", "cpu", "--process-backend", "cpu",
-                *extra]  # fmt: skip
+                *ONE_ACTOR_ARGS, *extra]  # fmt: skip
 
     out = tmp_path / "out"
     server, env = serve()

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from local_ray_head import psutil, session_processes
+from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import OutputNotEmptyError, PatchStreamConfig, write_shards
 from cps_ray.jobs import preprocess_main, run_preprocess
@@ -235,9 +236,11 @@ def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_pa
             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        # Meanwhile, the same inputs in one uninterrupted run (on the session's Ray).
+        # Meanwhile, the same inputs in one uninterrupted run (on the session's
+        # Ray, one fused actor: rows are bit-identical across pool layouts).
         clean = tmp_path / "clean"
-        clean_manifest = run_preprocess(listing, clean, CFG, rows_per_shard=2, log=lambda _: None)
+        clean_manifest = run_preprocess(listing, clean, CFG, rows_per_shard=2,
+                                        log=lambda _: None, **ONE_ACTOR)  # fmt: skip
         deadline = time.monotonic() + START_SECONDS
         while not list((out / "shards").glob("shard-*.parquet")):
             assert driver.poll() is None, log_path.read_text()[-4000:]
@@ -253,7 +256,7 @@ def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_pa
     (out / "shards" / "shard-00099.parquet.tmp-0badf00d").write_bytes(b"PAR1 half")
     assert read_output(out).shards == killed.shards
 
-    assert preprocess_main([*args, "--output", str(out), "--resume"]) == 0
+    assert preprocess_main([*args, "--output", str(out), "--resume", *ONE_ACTOR_ARGS]) == 0
     printed = capsys.readouterr().out
     skipped = killed.ok_rows
     assert f"preprocess: {len(inputs)} inputs, {skipped} already in the output (skipped)" in printed

@@ -3,8 +3,8 @@ preprocess`` share, by concern:
 
 - :mod:`.inputs`: finding the inputs (a folder, a manifest, a glob, a URI
   prefix) and checking the output;
-- :mod:`.options`: the command-line options (config, isolation, Ray address,
-  preprocess);
+- :mod:`.options`: the command-line options (config, isolation, actor pools,
+  Ray address, preprocess);
 - :mod:`.preprocess`: planning a run (resume, ``--retry-failed``), joining
   Ray, writing shards under the output's lock, and the summaries.
 
@@ -19,11 +19,13 @@ from ._options import (
     add_address_option,
     add_config_options,
     add_isolation_options,
+    add_pool_options,
     add_preprocess_options,
     check_address,
     config_from_args,
     isolation_from_args,
     non_negative_int,
+    pipeline_options_from_args,
     positive_int,
 )
 from ._preprocess import (
@@ -45,6 +47,7 @@ __all__ = [
     "add_address_option",
     "add_config_options",
     "add_isolation_options",
+    "add_pool_options",
     "add_preprocess_options",
     "build_preprocess_parser",
     "check_address",
@@ -53,6 +56,7 @@ __all__ = [
     "find_inputs",
     "isolation_from_args",
     "non_negative_int",
+    "pipeline_options_from_args",
     "plan_preprocess",
     "positive_int",
     "preprocess_from_args",

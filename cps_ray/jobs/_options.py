@@ -1,5 +1,5 @@
 """The command-line options the jobs and ``cps-ray`` share: the config, isolation,
-the Ray address and the preprocess options."""
+actor pools, the Ray address and the preprocess options."""
 
 from __future__ import annotations
 
@@ -141,6 +141,32 @@ def isolation_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"isolation": args.isolation, "max_attempts": args.max_attempts}
 
 
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """``--decode-pool``, ``--select-pool`` and ``--fuse``: the actor pools of
+    :func:`~cps_ray.patch_dataset`, which sizes them to the cluster when unset."""
+    group = parser.add_argument_group("actor pools (default: sized to the cluster)")
+    group.add_argument(
+        "--decode-pool", type=positive_int, default=None, metavar="N",
+        help="decode actors (fused actors with --fuse)",
+    )  # fmt: skip
+    group.add_argument(
+        "--select-pool", type=positive_int, default=None, metavar="N",
+        help="patch-selection actors (split pipelines only)",
+    )  # fmt: skip
+    group.add_argument(
+        "--fuse", action=argparse.BooleanOptionalAction, default=None,
+        help="decode and select in the same actor (default: fused for gpu -> gpu on one "
+        "device, split otherwise)",
+    )  # fmt: skip
+
+
+def pipeline_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``patch_dataset`` options of :func:`add_isolation_options` and
+    :func:`add_pool_options`; an unset pool option keeps the default."""
+    pools = {"decode_pool": args.decode_pool, "select_pool": args.select_pool, "fuse": args.fuse}
+    return {**isolation_from_args(args), **{k: v for k, v in pools.items() if v is not None}}
+
+
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> PatchStreamConfig:
     """The config the flags of :func:`add_config_options` describe.
 
@@ -205,6 +231,7 @@ def add_preprocess_options(parser: argparse.ArgumentParser, *, positional: bool)
     )
     add_address_option(parser)
     add_isolation_options(parser)
+    add_pool_options(parser)
     add_config_options(parser)
 
 

@@ -39,7 +39,7 @@ from ._options import (
     add_preprocess_options,
     check_address,
     config_from_args,
-    isolation_from_args,
+    pipeline_options_from_args,
 )
 
 OUTPUT_FIELDS = (
@@ -381,7 +381,7 @@ def preprocess_from_args(args: argparse.Namespace, log=print) -> dict[str, Any]:
         retry_failed=args.retry_failed,
         address=args.address,
         log=log,
-        **isolation_from_args(args),
+        **pipeline_options_from_args(args),
     )
     output = args.output if "://" in args.output else os.path.abspath(args.output)
     for path, reason in _new_failures(output, manifest["run"]["failed"]):
