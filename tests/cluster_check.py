@@ -8,6 +8,7 @@ simulator. Prints one JSON line with what it saw.
 """
 
 import json
+import os
 import sys
 
 import ray
@@ -26,7 +27,12 @@ def main(paths: list[str]) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env={"env_vars": ENV}, log_to_driver=False)
+    # State API clients (list_actors here, Ray Train's placement group cleaner
+    # in a worker) ask this head, not the last Ray another test started.
+    api = {"RAY_API_SERVER_ADDRESS": f"http://{cluster.head_node.address_info['webui_url']}"}
+    os.environ.update(api)
+    ray.init(address=cluster.address, runtime_env={"env_vars": {**ENV, **api}},
+             log_to_driver=False)  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     from cps_ray import PatchStreamConfig, local_stream, patch_dataset, resolve_backends

@@ -12,6 +12,13 @@ from media import make_gpu_media, make_media
 # in isolated children and in the session's Ray workers: "auto" resolves to
 # cpu everywhere, as the tests expect. `gpu` tests see the real devices.
 CPU_VIEW = {"CPS_RAY_FAKE_CUDA_DEVICES": "0"}
+# The session's Ray serves no State API (no dashboard). Without an address of
+# its own, a State API client in its workers (Ray Train's placement group
+# cleaner asks it whether the controller lives) finds the last Ray another
+# test started, hears "no such actor" and removes a live run's placement
+# group (ray#65447). A port nothing listens on makes the question fail, and
+# the cleaner keeps waiting.
+NO_API_SERVER = "http://127.0.0.1:9"
 
 
 def _expected_seconds(item) -> float:
@@ -91,7 +98,7 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            runtime_env={"env_vars": dict(CPU_VIEW)},
+            runtime_env={"env_vars": {**CPU_VIEW, "RAY_API_SERVER_ADDRESS": NO_API_SERVER}},
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
