@@ -476,7 +476,7 @@ def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
     assert len(ok) + len(errors) == len(paths)
     assert "SIGSEGV" in errors.pop(str(media["vp9.webm"]))
     assert "timed out" in errors.pop(str(media["mpeg2.mpg"]))
-    assert set(errors) == {str(media[n]) for n in broken}
+    assert set(errors) == {str(media[n]) for n in broken}, errors
     assert all("\n" not in e and e.startswith(p) for p, e in errors.items())
     _assert_same_rows(ok, [clean_rows[r["path"]] for r in ok])
 
