@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import os
 import sys
 import threading
@@ -43,6 +44,20 @@ _PROBE_CLIP = base64.b64decode(
     "AAA1bWV0YQAAAAAAAAAhaGRscgAAAAAAAAAAbWRpcmFwcGwAAAAAAAAAAAAAAAAIaWxzdAAAAAhmcmVlAAAARG1k"
     "YXQAAAA4ZYiEOiYoDJycnJycnJ111111111111111111111111111111111111111111111111111111114="
 )
+
+
+# The libraries every decode loads: torchcodec (the system's FFmpeg) and
+# PyAV (the packet index, with its own FFmpeg).
+DECODER_MODULES = ("torchcodec.decoders", "av")
+
+
+def load_decoders() -> None:
+    """Import both decoders' libraries now: what a worker does when it
+    starts. Loaded lazily, they fell inside its first video's
+    ``decode_timeout_s`` (PyAV alone takes 0.15 s on an idle machine,
+    seconds on a loaded one)."""
+    for name in DECODER_MODULES:
+        importlib.import_module(name)
 
 
 def usable_cores() -> int:

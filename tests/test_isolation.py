@@ -22,9 +22,10 @@ from local_ray_head import psutil
 from pools import ONE_ACTOR
 
 from cps_ray import IsolationError, PatchStreamConfig, local_stream, patch_dataset
-from cps_ray._faults import CRASH_ENV, HANG_ENV
+from cps_ray._faults import CRASH_ENV, HANG_ENV, SLOW_ENV
 from cps_ray.pipeline import _zygote
 from cps_ray.pipeline._isolation import IsolatedPool, IsolatedWorker
+from cps_ray.pipeline._stages import DECODE_PRELOAD
 from cps_ray.pipeline._worker import VIDEO_PRELOAD, VideoWorker
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
@@ -102,6 +103,27 @@ def test_child_killed_mid_video_is_retried(media, monkeypatch, clean_rows):
     assert ok, row
     assert worker.restarts["crashed"] in (0, 1)  # 0 when the video beat the timer
     _assert_same_rows([row], [clean_rows[path]])
+
+
+def test_workers_load_both_decoders_before_their_first_video():
+    """PyAV was imported by the first video, inside its decode_timeout_s: on
+    a loaded host a fresh child's first good video timed out. A worker loads
+    torchcodec and PyAV when it starts, and zygotes preload both."""
+    code = """
+import sys
+from cps_ray import PatchStreamConfig
+from cps_ray.pipeline._worker import VideoWorker
+
+assert "av" not in sys.modules
+VideoWorker(PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=3))
+print(" ".join(m for m in ("torchcodec.decoders", "av") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["torchcodec.decoders", "av"]
+    for preload in (VIDEO_PRELOAD, DECODE_PRELOAD):
+        assert {"torchcodec.decoders", "av"} <= set(preload)
 
 
 def test_child_that_cannot_start_stops_the_run():
@@ -483,14 +505,20 @@ def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
 
 def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_rows):
 
-    paths = [str(media[n]) for n in GOOD] * 3  # long enough to kill it mid-run
-    ds = patch_dataset(paths, CFG, videos_per_block=1, decode_pool=1)
+    paths = [str(media[n]) for n in GOOD] * 3
+    # Each video takes 0.25 s more, so that the decode actor is still at work
+    # when the first row arrives: with a warm zygote it had decoded all 18
+    # before the select actor had started.
+    slow = {SLOW_ENV: ",".join(GOOD)}
+    ds = patch_dataset(
+        paths, CFG, videos_per_block=1, decode_pool=1, runtime_env={"env_vars": slow}
+    )
     rows, killed = [], []
     for row in ds.iter_rows():
         rows.append(row)
         if not killed:
             victims = _actor_pids("DecodeStage")
-            assert victims, "no decode actor process found"
+            assert victims, "no decode actor process found: it had finished before the first row"
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
             killed.extend(victims)

@@ -16,8 +16,10 @@ import numpy as np
 
 from .._config import PatchStreamConfig, resolve_decode, resolve_process_backend
 from .._devices import (
+    DECODER_MODULES,
     cuda_available,
     ffmpeg_threads_for,
+    load_decoders,
     processes_per_gpu,
     size_nvdec_cache,
     torch_device,
@@ -52,7 +54,7 @@ class FrameDecoder:
         )
         self.device = torch_device(self.decode_backend, config.decode_device_id)
         self.num_threads = num_threads
-        import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries now
+        load_decoders()
 
         if self.decode_backend == "gpu":
             size_nvdec_cache(processes_per_gpu)
@@ -70,7 +72,7 @@ class FrameDecoder:
 
 
 # What a decode stage's child imports, once per zygote.
-DECODE_PRELOAD = ("torch", "torchcodec.decoders", "cps_ray._decode", "cps_ray.pipeline._stages")
+DECODE_PRELOAD = ("torch", *DECODER_MODULES, "cps_ray._decode", "cps_ray.pipeline._stages")
 
 
 def child_frame_decoder(

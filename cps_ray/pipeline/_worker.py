@@ -10,7 +10,13 @@ import functools
 from typing import Any
 
 from .._config import PatchStreamConfig, resolve_backends
-from .._devices import default_ffmpeg_threads, ffmpeg_threads_for, size_nvdec_cache
+from .._devices import (
+    DECODER_MODULES,
+    default_ffmpeg_threads,
+    ffmpeg_threads_for,
+    load_decoders,
+    size_nvdec_cache,
+)
 from ..errors import ConfigError
 from ._isolation import check_isolation, contained
 from ._rows import error_row
@@ -29,10 +35,9 @@ def check_stream_config(config: PatchStreamConfig) -> None:
 
 def warm_up(resolved, config: PatchStreamConfig, processes_per_gpu: int = 1) -> None:
     """What a worker does once when it starts, not in its first video: load
-    FFmpeg's libraries, size the NVDEC cache for the GPU's decode processes,
+    the decoders' libraries, size the NVDEC cache for the GPU's decode processes,
     compile (or load) the selection kernel it will run."""
-    import torchcodec.decoders  # noqa: F401  loads FFmpeg's libraries
-
+    load_decoders()
     if resolved.decode_backend == "gpu":
         size_nvdec_cache(processes_per_gpu)
     if resolved.process_backend == "gpu":
@@ -97,7 +102,7 @@ def share_cores(threads: int, *, numba_threads: bool = True) -> None:
 # What an isolated child of :class:`Worker` imports, once per zygote.
 VIDEO_PRELOAD = (
     "torch",
-    "torchcodec.decoders",
+    *DECODER_MODULES,
     "numba",
     "cps_ray._core",
     "cps_ray._kernels.cpu",
