@@ -1,6 +1,7 @@
 """The jobs: preprocess under ``ray job submit`` on a token-protected head,
-alone (a local Ray) and resumed; train_stream on CPU, also on two Ray Train
-workers fed by the live pipeline, then resumed on the shards; cluster.yaml."""
+as a script joining a running Ray, and resumed; train_stream on CPU, also on
+two Ray Train workers fed by the live pipeline, then resumed on the shards;
+cluster.yaml."""
 
 from __future__ import annotations
 
@@ -123,18 +124,20 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
 
 
 @pytest.mark.slow(seconds=90)
-def test_preprocess_alone_then_resume_then_train_from_shards(ray_session, media, tmp_path):
+def test_preprocess_then_resume_then_train_from_shards(ray_session, job_env, media, tmp_path):
     first_list = tmp_path / "first.txt"
     first_list.write_text(f"{media['h264.mp4']}\n{media['broken/text.mp4']}\n")
     out = tmp_path / "out"
-    # Alone: `cps-ray preprocess` (the job's code) starts a local Ray of its own.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # `cps-ray preprocess` as a script on a cluster runs it: a driver that joins
+    # a running Ray (RAY_ADDRESS). A job that starts a Ray of its own is
+    # test_resume's killed driver.
     command = [str(Path(sys.executable).parent / "cps-ray"), "preprocess"]
     args = [str(first_list), str(out), "--rows-per-shard", "1", *SMALL, *ONE_ACTOR_ARGS]
-    alone = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    assert "this run: 1 ok, 1 failed" in alone.stdout
-    assert "issues/53727" not in alone.stderr
+    first = subprocess.run(command + args, env=job_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "this run: 1 ok, 1 failed" in first.stdout
+    assert "issues/53727" not in first.stderr
     shard0 = (out / "shards" / "shard-00000.parquet").read_bytes()
 
     # Without --resume an output that holds a run is refused; so are other settings.

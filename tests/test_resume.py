@@ -249,6 +249,11 @@ def test_killed_driver_then_resume_equals_a_clean_run(ray_session, media, tmp_pa
     finally:
         _kill_session(driver)
     assert not session_processes(driver.pid)
+    # Alone (no RAY_ADDRESS) the job started a Ray of its own, and Ray's line
+    # about constructor arguments (ray#53727) stayed out of its output.
+    killed_log = log_path.read_text(errors="replace")
+    assert "Started a local Ray instance" in killed_log
+    assert "issues/53727" not in killed_log
 
     killed = read_output(out)
     assert killed.shards and killed.manifest["complete"] is False

@@ -18,6 +18,10 @@ def cuda(monkeypatch):
     from cps_ray._kernels import cuda
 
     monkeypatch.setattr(cuda, "warm_devices", set())
+    # What launches is the subject, not the result: 16 simulated threads per
+    # block start far faster than 256 Python threads (tests/cudasim checks
+    # that results do not depend on it).
+    monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 16)
     return cuda
 
 
