@@ -53,7 +53,7 @@ from cps_ray.jobs import (  # noqa: E402
     positive_int,
     run_entry_point,
 )
-from cps_ray.pipeline import train_on_workers  # noqa: E402
+from cps_ray.pipeline import shard_dataset, train_on_workers  # noqa: E402
 from cps_ray.pipeline._inputs import is_manifest  # noqa: E402
 from cps_ray.pipeline._listing import is_listing  # noqa: E402
 from cps_ray.pipeline._train import TinyPatchTransformer, masked_loss  # noqa: E402
@@ -62,17 +62,13 @@ from cps_ray.pipeline._train import TinyPatchTransformer, masked_loss  # noqa: E
 def build_dataset(args, **pool_options):
     """(dataset, config): shards of a preprocess output, or the live pipeline
     (``pool_options`` go to ``patch_dataset``)."""
-    import ray
-
     manifest_path = os.path.join(args.input, "manifest.json")
     if os.path.isdir(args.input) and os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
         if not manifest["shards"]:
             raise JobError(f"{args.input!r} holds no shards (every video failed?)")
-        config = PatchStreamConfig(**manifest["config"])
-        files = [os.path.join(args.input, shard["file"]) for shard in manifest["shards"]]
-        return ray.data.read_parquet(files), config
+        return shard_dataset(args.input), PatchStreamConfig(**manifest["config"])
     from cps_ray import patch_dataset
 
     config = config_from_args(args)

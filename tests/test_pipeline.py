@@ -126,7 +126,8 @@ def test_training_batches_and_shards(ray_session, media, tmp_path):
 
     import torch
 
-    from cps_ray import TrainingBatches, write_shards
+    from cps_ray import OutputPathError, TrainingBatches, write_shards
+    from cps_ray.pipeline import shard_dataset
 
     paths = _paths(media)
     ds = patch_dataset(paths, CFG, **ONE_ACTOR)
@@ -157,13 +158,15 @@ def test_training_batches_and_shards(ray_session, media, tmp_path):
     )
     assert not list(out.rglob("*.tmp-*"))
     # shards restore bit-exactly (bf16 included) and match the training batches
-    back = ray_session.data.read_parquet(str(out / "shards")).take_all()
+    back = shard_dataset(out).take_all()
     by_path = {r["path"]: r for r in back}
     assert len(by_path) == 5
     for batch in batches:
         for i, path in enumerate(batch["path"]):
             restored = row_patches(by_path[path])
             assert torch.equal(restored.view(torch.int16), batch["patches"][i].view(torch.int16))
+    with pytest.raises(OutputPathError, match="holds no manifest.json"):
+        shard_dataset(out / "shards")
 
 
 def test_collate_for_iter_torch_batches(ray_session, media):

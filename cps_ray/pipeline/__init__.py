@@ -1,5 +1,5 @@
 """Running many videos: ``local_stream`` (threads, no Ray) and the Ray Data
-pipeline (``patch_dataset``, ``write_shards``, ``TrainingBatches``). Only this
+pipeline (``patch_dataset``, ``write_shards``, ``shard_dataset``, ``TrainingBatches``). Only this
 package imports ``ray``, and only where a Ray pipeline is built."""
 
 from .._lazy import lazy_attributes
@@ -14,6 +14,7 @@ _LAZY = {
     "patch_dataset": "._dataset",
     "plan_pipeline": "._dataset",
     "write_shards": "._shards",
+    "shard_dataset": "._shards",
     # Training on Ray Train workers (these import torch).
     "Lockstep": "._train",
     "train_on_workers": "._train",
@@ -32,6 +33,7 @@ __all__ = [
     "local_stream",
     "patch_dataset",
     "row_patches",
+    "shard_dataset",
     "train_on_workers",
     "without_error_rows",
     "write_shards",
