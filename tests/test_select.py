@@ -239,3 +239,37 @@ print("torch" in sys.modules)
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"]
+
+
+def test_the_error_row_filter_before_training_never_imports_torch():
+    """``without_error_rows``'s filter runs as a Ray task in a worker that needs
+    no torch; checked in a fresh interpreter, as that worker imports it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from cps_ray.pipeline import without_error_rows
+from cps_ray.pipeline._error_rows import FailureLog, _ok_rows
+
+class Log:  # the FailureLog actor's handle, called in this process
+    def __init__(self):
+        self.log = FailureLog()
+        self.add = self
+    def remote(self, paths, reasons):
+        self.log.add(paths, reasons)
+
+log = Log()
+batch = {"path": np.array(["a.mp4", "b.mp4"], dtype=object),
+         "error": np.array([None, "b.mp4: not a video"], dtype=object),
+         "meta_scores": np.ones((2, 3), np.float32)}
+kept = _ok_rows(batch, log)
+assert kept["path"].tolist() == ["a.mp4"] and kept["meta_scores"].shape == (1, 3), kept
+assert log.log.failures() == {"b.mp4": "b.mp4: not a video"}
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]

@@ -15,10 +15,10 @@ _LAZY = {
     "plan_pipeline": "._dataset",
     "write_shards": "._shards",
     "shard_dataset": "._shards",
+    "without_error_rows": "._error_rows",
     # Training on Ray Train workers (these import torch).
     "Lockstep": "._train",
     "train_on_workers": "._train",
-    "without_error_rows": "._train",
 }
 
 

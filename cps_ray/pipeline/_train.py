@@ -37,11 +37,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._config import PatchStreamConfig
+from ._error_rows import without_error_rows
 from ._feed import TrainingBatches
 
 
@@ -252,38 +252,6 @@ def train_loop_per_worker(options: dict) -> None:
         gathered = [record]
     metrics = {"epoch": epoch, "step": step, "workers": gathered if rank == 0 else []}
     _report(metrics, model, optimizer, epoch, step, rank)
-
-
-def _ok_rows(batch: dict, log) -> dict:
-    keep = np.array([not (isinstance(e, str) and e) for e in batch["error"]], dtype=bool)
-    if not keep.all():
-        bad = ~keep
-        log.add.remote([str(p) for p in batch["path"][bad]], [str(e) for e in batch["error"][bad]])
-    return {key: np.asarray(value)[keep] for key, value in batch.items()}
-
-
-def without_error_rows(ds):
-    """``(ds without its error rows, log)``: a zero-CPU task stage drops them
-    before any split and records ``path -> error`` in ``log``, an actor whose
-    ``failures.remote()`` returns what it saw (every epoch re-runs a live
-    pipeline; a path is recorded once)."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class FailureLog:
-        def __init__(self):
-            self.seen: dict[str, str] = {}
-
-        def add(self, paths: list[str], reasons: list[str]) -> None:
-            for path, reason in zip(paths, reasons):
-                self.seen.setdefault(path, reason)
-
-        def failures(self) -> dict[str, str]:
-            return self.seen
-
-    log = FailureLog.remote()
-    kept = ds.map_batches(_ok_rows, fn_kwargs={"log": log}, batch_format="numpy", num_cpus=0)
-    return kept, log
 
 
 def _share(part: float, whole: float) -> float | None:
