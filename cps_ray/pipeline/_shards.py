@@ -384,9 +384,9 @@ def shard_dataset(out: str | os.PathLike):
     Read by Ray Data's first Parquet datasource, which reads the footers in
     the driver (in tasks past a few dozen files). The second, Ray 2.60's
     default, starts a pool of footer-reading actors on every execution: on 2
-    cores two passes over two shards cost 19-20 CPU-s that way and 1-2 CPU-s
-    this way (``benchmark/RESULTS.md``), and a training loop pays it on every
-    pass.
+    cores two passes over eight shards cost 10.7 CPU-s that way and 0.8 this
+    way (``benchmark/benchmark_shard_read.py``), and a training loop pays it
+    on every pass.
 
     Raises:
         OutputPathError: ``out`` holds no manifest, or its manifest lists no
