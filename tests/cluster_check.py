@@ -29,7 +29,10 @@ def main(paths: list[str]) -> None:
     cluster.wait_for_nodes()
     # State API clients (list_actors here, Ray Train's placement group cleaner
     # in a worker) ask this head, not the last Ray another test started.
-    api = {"RAY_API_SERVER_ADDRESS": f"http://{cluster.head_node.address_info['webui_url']}"}
+    dashboard = cluster.head_node.address_info["webui_url"]
+    if dashboard is None:
+        sys.exit("the head's dashboard did not start (Ray's log: 'Failed to start the dashboard')")
+    api = {"RAY_API_SERVER_ADDRESS": f"http://{dashboard}"}
     os.environ.update(api)
     ray.init(address=cluster.address, runtime_env={"env_vars": {**ENV, **api}},
              log_to_driver=False)  # fmt: skip
