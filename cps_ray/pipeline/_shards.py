@@ -380,6 +380,8 @@ class ShardWriter:
 def shard_dataset(out: str | os.PathLike):
     """A Ray Dataset of the good rows ``out`` holds (a folder or URI that
     :func:`write_shards` wrote): the shards its manifest lists, nothing decoded.
+    From an object store, Ray's workers need the store's settings as for any
+    read from it (``AWS_*`` in the job's runtime env).
 
     Read by Ray Data's first Parquet datasource, which reads the footers in
     the driver (in tasks past a few dozen files). The second, Ray 2.60's
