@@ -9,6 +9,7 @@ simulator. Prints one JSON line with what it saw.
 
 import json
 import os
+import socket
 import sys
 
 import ray
@@ -24,7 +25,13 @@ ENV = {
 
 
 def main(paths: list[str]) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    # A dashboard port of its own: Ray's default, 8265, may be another Ray's
+    # (the head then starts without a dashboard, and the State API is gone).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": True, "dashboard_port": port}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
     # State API clients (list_actors here, Ray Train's placement group cleaner

@@ -15,9 +15,8 @@ def test_stages_and_trainer_land_where_the_config_says(media):
     script = Path(__file__).with_name("cluster_check.py")
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
-    # The head's dashboard serves the State API the script asks at the end.
-    # With the other lane's Ray starting beside it, it once took more than
-    # Ray's 60 s to register, and the head went on without it.
+    # The head's dashboard serves the State API the script asks at the end;
+    # on a busy host it may take more than Ray's 60 s to register.
     env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = "240"
     proc = subprocess.run(
         [sys.executable, str(script), *paths], capture_output=True, text=True, timeout=420, env=env

@@ -506,22 +506,35 @@ def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
 def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_rows):
 
     paths = [str(media[n]) for n in GOOD] * 3
-    # Each video takes 0.25 s more, so that the decode actor is still at work
-    # when the first row arrives: with a warm zygote it had decoded all 18
-    # before the select actor had started.
+    # Each video takes 0.25 s more (4.5 s for the 18), and the decode actor is
+    # killed 1 s after its process appears, by a thread: not at the first row,
+    # which on a busy host came after the decode actor had finished them all
+    # (the select actor was still starting).
     slow = {SLOW_ENV: ",".join(GOOD)}
     ds = patch_dataset(
         paths, CFG, videos_per_block=1, decode_pool=1, runtime_env={"env_vars": slow}
     )
-    rows, killed = [], []
-    for row in ds.iter_rows():
-        rows.append(row)
-        if not killed:
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_the_decode_actor():
+        while not done.is_set():
             victims = _actor_pids("DecodeStage")
-            assert victims, "no decode actor process found: it had finished before the first row"
-            for pid in victims:
-                os.kill(pid, signal.SIGKILL)
-            killed.extend(victims)
+            if victims:
+                done.wait(1.0)
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(victims)
+                return
+            done.wait(0.05)
+
+    killer = threading.Thread(target=kill_the_decode_actor, daemon=True)
+    killer.start()
+    try:
+        rows = list(ds.iter_rows())
+    finally:
+        done.set()
+        killer.join(timeout=10)
     assert killed
     _assert_same_rows(rows, [clean_rows[p] for p in paths])
 
