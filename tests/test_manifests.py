@@ -110,6 +110,23 @@ def test_a_short_manifest_still_gives_every_decode_actor_work(tmp_path):
     assert ManifestSource(manifest).estimated_rows == 14  # counted, not guessed from bytes
 
 
+def test_a_block_screened_again_after_a_retry_is_not_lost(tmp_path):
+    """A read task that fails after the admission actor answered is run
+    again by Ray: its block must get the same paths through, counted once."""
+    from cps_ray.jobs._admit import _Admission
+
+    admission = _Admission(str(tmp_path / "out"), frozenset())
+    block = pa.table({"path": ["/v/a.mp4", "/v/b.mp4", "/v/a.mp4"]})
+    first = admission.admit(block)
+    assert first.column("path").to_pylist() == ["/v/a.mp4", "/v/b.mp4"]
+    assert admission.admit(block).equals(first)  # the retried task's block
+    assert admission.totals() == {"inputs": 2, "skipped": 0, "retried": 0}
+    # A later block naming them again is screened as before.
+    later = admission.admit(pa.table({"path": ["/v/b.mp4", "/v/c.mp4"]}))
+    assert later.column("path").to_pylist() == ["/v/c.mp4"]
+    assert admission.totals()["inputs"] == 3
+
+
 def test_pathset_membership_across_merges():
     paths = [f"/videos/{i}.mp4" for i in range(20000)]
     seen = PathSet()

@@ -308,21 +308,20 @@ def _run_streamed(spec, output, config, rows_per_shard, resume, retry_failed, ad
 
 
 def _admitted_manifest(spec, out, retry, config, pool_options):
-    """A manifest's dataset, screened by an :class:`AdmitInputs` actor as it
-    is read; its counts arrive in a tally actor: ``(dataset, counts, skipped)``
-    (``skipped`` reads the tally and fills ``counts``)."""
+    """A manifest's dataset, its blocks screened by an admission actor
+    (:mod:`._admit`) as they are read: ``(dataset, counts, skipped)``
+    (``skipped`` reads the actor's counts and fills ``counts``)."""
     from ..pipeline._dataset import build_patch_dataset
-    from ._admit import AdmitInputs, tally
+    from ._admit import admission, admit_block
 
-    counter = tally()
-    admit = (AdmitInputs, {"output": out, "retry": retry, "tally": counter})
-    ds = build_patch_dataset(spec, config, admit, pool_options)
+    actor = admission(out, retry, pool_options.get("runtime_env"))
+    ds = build_patch_dataset(spec, config, (admit_block, {"admission": actor}), pool_options)
     counts: dict[str, int] = {}
 
     def skipped() -> int:
         import ray
 
-        counts.update(ray.get(counter.totals.remote()))
+        counts.update(ray.get(actor.totals.remote()))
         return counts.get("skipped", 0)
 
     return ds, counts, skipped

@@ -263,10 +263,10 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
 
 
 def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: dict):
-    """:func:`patch_dataset`, with ``admit`` (``None``, or a ``(class,
-    constructor_kwargs)`` pair) run on the input paths before decoding: a
-    ``map_batches`` class on one actor without a CPU that returns the paths
-    to decode (a job leaves out what its output holds this way)."""
+    """:func:`patch_dataset`, with ``admit`` (``None``, or a ``(function,
+    kwargs)`` pair) run on each block of input paths before decoding, in the
+    task that read it: it returns the paths to decode (a job leaves out what
+    its output holds this way)."""
     import ray
 
     pool_options = dict(pool_options)
@@ -302,13 +302,15 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
     ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env)
     ds.context.execution_options.preserve_order = bool(preserve_order)
     if admit is not None:
-        admit_class, admit_kwargs = admit
+        admit_fn, admit_kwargs = admit
+        # Block by block (no batch_size), task pool, no CPU: Ray Data fuses it
+        # into the read tasks.
         ds = ds.map_batches(
-            admit_class,
-            fn_constructor_kwargs=admit_kwargs,
-            compute=ray.data.ActorPoolStrategy(size=1),
+            admit_fn,
+            fn_kwargs=admit_kwargs,
+            compute=ray.data.TaskPoolStrategy(size=1),
             num_cpus=0,
-            batch_size=per_block,
+            batch_size=None,
             batch_format="pyarrow",
             **({"runtime_env": runtime_env} if runtime_env else {}),
         )
