@@ -56,19 +56,30 @@ from cps_ray.jobs import (  # noqa: E402
 from cps_ray.pipeline import shard_dataset, train_on_workers  # noqa: E402
 from cps_ray.pipeline._inputs import is_manifest  # noqa: E402
 from cps_ray.pipeline._listing import is_listing  # noqa: E402
+from cps_ray.pipeline._output import read_manifest  # noqa: E402
 from cps_ray.pipeline._train import TinyPatchTransformer, masked_loss  # noqa: E402
 
 
+def _output_manifest(spec: str) -> dict | None:
+    """The manifest of the preprocess output ``spec`` names, or ``None``: a
+    folder or URI prefix without one holds videos to list."""
+    if not is_listing(spec):
+        return None
+    try:
+        return read_manifest(spec)
+    except ValueError:  # a scheme with no pyarrow filesystem (https://): videos, not an output
+        return None
+
+
 def build_dataset(args, **pool_options):
-    """(dataset, config): shards of a preprocess output, or the live pipeline
+    """(dataset, config, whether it is shards): the shards of a preprocess
+    output (a folder or a URI holding a manifest), or the live pipeline
     (``pool_options`` go to ``patch_dataset``)."""
-    manifest_path = os.path.join(args.input, "manifest.json")
-    if os.path.isdir(args.input) and os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
+    manifest = _output_manifest(args.input)
+    if manifest is not None:
         if not manifest["shards"]:
             raise JobError(f"{args.input!r} holds no shards (every video failed?)")
-        return shard_dataset(args.input), PatchStreamConfig(**manifest["config"])
+        return shard_dataset(args.input), PatchStreamConfig(**manifest["config"]), True
     from cps_ray import patch_dataset
 
     config = config_from_args(args)
@@ -76,7 +87,7 @@ def build_dataset(args, **pool_options):
     # A manifest, folder or prefix streams through Ray Data; a glob is listed here.
     streamed = is_manifest(args.input) or is_listing(args.input)
     inputs = args.input if streamed else find_inputs(args.input)
-    return patch_dataset(inputs, config, **options), config
+    return patch_dataset(inputs, config, **options), config, False
 
 
 def batches_forever(ds, batch_size: int, device: str):
@@ -97,7 +108,7 @@ def train_workers(args) -> dict:
     reserve = {"reserve_cpus": args.num_workers * args.worker_cpus}
     if args.use_gpu:
         reserve["reserve_gpus"] = float(args.num_workers)
-    ds, config = build_dataset(args, **reserve)
+    ds, config, shards = build_dataset(args, **reserve)
     options = {
         "batch_size": args.batch_size, "epochs": args.epochs,
         "steps": None if args.epochs is not None else args.steps, "lr": args.lr,
@@ -110,6 +121,7 @@ def train_workers(args) -> dict:
     summary = train_on_workers(
         ds, config, options, num_workers=args.num_workers, use_gpu=args.use_gpu,
         worker_cpus=args.worker_cpus, storage_path=storage, run_name=args.run_name,
+        error_rows=not shards,
     )  # fmt: skip
     for w in summary["workers"]:
         wait = w["data_wait_share"]
@@ -145,7 +157,7 @@ def train(args) -> dict:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     connect_ray(args.address)
-    ds, config = build_dataset(args)
+    ds, config, _ = build_dataset(args)
     model = TinyPatchTransformer(config, args.dim, args.depth, args.heads).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     print(

@@ -213,6 +213,7 @@ def test_preprocess_then_resume_then_train_from_shards(ray_session, job_env, med
     # ... then the same run name and folder on the shards: the run continues
     # after its last epoch, each worker on its own share of the shards.
     again = _train(["--input", str(out), *common, "--epochs", "2"], tmp_path)
+    assert (again["failed"], again["failures"]) == (0, {})  # shards hold no error rows
     for w in again["workers"]:
         assert w["resumed_at_step"] == workers[0]["steps"]
         assert [e["epoch"] for e in w["epochs"]] == [1]

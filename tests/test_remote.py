@@ -4,6 +4,7 @@ as a user's job would be."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -189,6 +190,17 @@ def test_preprocess_job_from_s3_to_s3_with_resume(s3, job_env, media, tmp_path):
         errors = pq.read_table(f).to_pylist()
     assert [e["path"] for e in errors] == ["s3://jobs/in/empty.mp4"]
     assert "empty" in errors[0]["error"]
+
+    # Training reads the shards in the bucket (a prefix holding a manifest is
+    # an output, not videos to list), nothing decoded.
+    summary = tmp_path / "train.json"
+    trained = subprocess.run(
+        [sys.executable, str(REPO / "jobs/train_stream.py"), "--input", "s3://jobs/out",
+         "--steps", "2", "--batch-size", "2", "--device", "cpu", "--json", str(summary)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads(summary.read_text())["samples"] == 3  # two steps: 2 rows, then the third
 
 
 def test_http_inputs(media):

@@ -256,17 +256,23 @@ def read_output(out: str | os.PathLike | OutputRoot) -> WrittenOutput:
     if has_errors_file:
         with output.fs.open_input_file(output.path(ERRORS_FILE)) as f:
             error_rows = pq.ParquetFile(f).metadata.num_rows
-    manifest = None
-    if output.exists(MANIFEST_FILE):
-        with output.fs.open_input_stream(output.path(MANIFEST_FILE)) as f:
-            manifest = json.loads(f.read().decode())
     return WrittenOutput(
         tuple(shards),
         error_rows,
-        manifest,
+        read_manifest(output),
         has_errors_file,
         tuple(temporaries),
     )
+
+
+def read_manifest(out: str | os.PathLike | OutputRoot) -> dict[str, Any] | None:
+    """The manifest ``out`` holds, or ``None`` (no output there yet, or not
+    an output); nothing else of it is read."""
+    output = _output(out)
+    if not output.exists(MANIFEST_FILE):
+        return None
+    with output.fs.open_input_stream(output.path(MANIFEST_FILE)) as f:
+        return json.loads(f.read().decode())
 
 
 def iter_shard_paths(out: str | os.PathLike | OutputRoot,

@@ -69,6 +69,7 @@ from ._output import (  # noqa: F401  (the names an output's readers import from
     iter_errors,
     iter_shard_paths,
     read_errors,
+    read_manifest,
     read_output,
 )
 from ._pathset import PathSet
@@ -397,7 +398,7 @@ def shard_dataset(out: str | os.PathLike):
     import ray
 
     output = OutputRoot(out)
-    manifest = read_output(output).manifest
+    manifest = read_manifest(output)  # the shards' footers are Ray Data's to read
     if manifest is None:
         raise OutputPathError(f"output {output.given!r} holds no {MANIFEST_FILE} (not an output?)")
     if not manifest["shards"]:

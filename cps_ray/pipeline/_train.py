@@ -306,18 +306,23 @@ def train_on_workers(
     storage_path: str | None = None,
     run_name: str | None = None,
     resources_per_worker: dict[str, float] | None = None,
+    error_rows: bool = True,
 ) -> dict:
     """Run :func:`train_loop_per_worker` on ``num_workers`` Ray Train workers
     (one GPU each with ``use_gpu``) over ``ds``; returns :func:`summarize`'s
     summary. A run started again with the same ``storage_path`` and
     ``run_name`` continues from its last checkpoint. ``resources_per_worker``
-    replaces what each worker holds (``worker_cpus`` and a GPU with ``use_gpu``)."""
+    replaces what each worker holds (``worker_cpus`` and a GPU with ``use_gpu``).
+    ``error_rows=False`` says ``ds`` holds none (a :func:`shard_dataset`'s
+    rows): no filter stage runs in front of the split, and no log actor."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = resources_per_worker or {"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})}
-    ds, log = without_error_rows(ds)
+    log = None
+    if error_rows:
+        ds, log = without_error_rows(ds)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**options, "stream_config": _config_dict(config)},
@@ -330,7 +335,7 @@ def train_on_workers(
     start = time.perf_counter()
     result = trainer.fit()
     summary = summarize(result.metrics["workers"], time.perf_counter() - start)
-    failed = ray.get(log.failures.remote())
+    failed = ray.get(log.failures.remote()) if log is not None else {}
     summary["failed"] = len(failed)
     summary["failures"] = failed
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else None
