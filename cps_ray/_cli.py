@@ -142,6 +142,7 @@ def _picture_config(args: argparse.Namespace):
 
 def _run_demo(args: argparse.Namespace) -> int:
     config = _picture_config(args)
+    shards = None
     if args.job:
         # The job's driver needs neither torch nor the decoders: the pictures'
         # imports (torch, torchcodec, about 2 s here) come after it.
@@ -157,7 +158,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(summarize_preprocess(manifest, os.path.abspath(shards)))
     from ._demo import run_demo
 
-    return run_demo(args.videos, args.out, args.cache, config, args.workers)
+    # With --job, the pictures are drawn from the rows the job wrote.
+    return run_demo(args.videos, args.out, args.cache, config, args.workers, shards)
 
 
 def _module_version(name: str) -> str:

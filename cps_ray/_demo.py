@@ -1,7 +1,8 @@
-"""The ``cps-ray demo``: run :func:`~cps_ray.local_stream` over a few videos,
-print what each kept and how long it took, and draw one PNG per video.
+"""The ``cps-ray demo``: run :func:`~cps_ray.local_stream` over a few videos
+(or, with ``--job``, read the rows the job wrote), print what each kept and
+how long it took, and draw one PNG per video.
 
-The rows of ``local_stream`` say what was kept. To time the two stages and
+The rows say what was kept. To time the two stages and
 to draw the pictures, each video is decoded once more with
 :func:`~cps_ray.decode_only` (timed as *decode*) and its frames are selected
 again with :func:`~cps_ray.select_patches` (timed as *select*); that
@@ -132,7 +133,7 @@ def summarize_video(
     kept_fields = np.asarray(row["meta_fields"])
     if not np.array_equal(fields.cpu().numpy(), kept_fields):
         raise CpsRayError(
-            f"{path}: re-decoding selected other patches than local_stream; "
+            f"{path}: re-decoding selected other patches than its row holds; "
             "decoding is not deterministic for this file"
         )
     grid = config.grid_size
@@ -171,6 +172,34 @@ def summarize_video(
     )
 
 
+def _job_rows(output: str, paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``paths`` in a job's ``output`` (its shards, less the
+    patches, and its errors table), in the order of ``paths``."""
+    import pyarrow.parquet as pq
+
+    from .pipeline._output import OutputRoot, iter_errors, read_output
+
+    wanted = {os.path.abspath(p): p for p in paths}  # the job's rows name absolute paths
+    output = OutputRoot(output)
+    written = read_output(output)
+    found: dict[str, dict[str, Any]] = {}
+    columns = ["path", "frame_indices", "timestamps", "meta_fields", "meta_scores",
+               "decode_backend", "process_backend", "error"]  # fmt: skip
+    for shard in written.shards:
+        with output.fs.open_input_file(output.path(shard["file"])) as f:
+            for row in pq.read_table(f, columns=columns).to_pylist():
+                if row["path"] in wanted:
+                    found[wanted[row["path"]]] = {**row, "path": wanted[row["path"]]}
+    for path, reason in iter_errors(output, written):
+        if path in wanted and wanted[path] not in found:
+            found[wanted[path]] = {"path": wanted[path], "error": reason,
+                                   "decode_backend": None, "process_backend": None}  # fmt: skip
+    missing = [p for p in paths if p not in found]
+    if missing:
+        raise CpsRayError(f"the job's output {output.given!r} holds no row for {missing[0]!r}")
+    return [found[p] for p in paths]
+
+
 def _png_name(name: str, used: set[str]) -> str:
     stem = Path(name).with_suffix("").as_posix().replace("/", "__")
     candidate, n = stem, 1
@@ -198,6 +227,7 @@ def run_demo(
     cache_dir: str | None,
     config: PatchStreamConfig,
     num_workers: int | None = None,
+    job_output: str | None = None,
 ) -> int:
     """Run the demo; return the exit code (0 if any video succeeded or there
     were none, 1 if every video failed).
@@ -210,6 +240,8 @@ def run_demo(
             under the current directory.
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
         num_workers: ``local_stream`` threads; ``None`` uses the cores.
+        job_output: an output a preprocess job wrote for these videos (with
+            ``config``): their rows are read from it, not computed again.
     """
     _require_pillow()  # fail before any work, not at the first picture
     if videos is None:
@@ -223,10 +255,13 @@ def run_demo(
     os.makedirs(out_dir, exist_ok=True)
 
     # The bar and the table would interleave on a terminal: stream first, then report.
-    rows = []
-    for row in local_stream(paths, config, num_workers=num_workers, progress=True):
-        row = {key: value for key, value in row.items() if key != "patches"}
-        rows.append(row)
+    if job_output is not None:
+        rows = _job_rows(job_output, paths)
+    else:
+        rows = []
+        for row in local_stream(paths, config, num_workers=num_workers, progress=True):
+            row = {key: value for key, value in row.items() if key != "patches"}
+            rows.append(row)
 
     names = [os.path.relpath(row["path"], root) for row in rows]
     used: set[str] = set()
@@ -241,7 +276,7 @@ def run_demo(
         except CpsRayError as err:
             summaries.append(VideoSummary(name=name, error=" ".join(str(err).split())))
 
-    backends = {(row["decode_backend"], row["process_backend"]) for row in rows}
+    backends = {(row["decode_backend"], row["process_backend"]) for row in rows if not row["error"]}
     print(
         "backends (decode -> process): "
         + ", ".join(f"{d} -> {p}" for d, p in sorted(backends, key=str))
