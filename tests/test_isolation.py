@@ -182,8 +182,9 @@ def _parent_and_env(name):
 @pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
 def test_children_fork_from_one_zygote_per_environment(monkeypatch):
     """A pool's children and later workers fork from one preloaded zygote and
-    take the caller's per-call variables; another environment gets its own
-    zygote; a zygote that died is replaced."""
+    take the caller's per-call variables (and Ray's: a zygote never imports
+    ray); another environment gets its own zygote; a zygote that died is
+    replaced."""
     monkeypatch.setenv(HANG_ENV, "first")
     make = functools.partial(_parent_and_env, HANG_ENV)
     pool = IsolatedPool(make, 2, timeout_s=30, max_attempts=1, preload=("json",))
@@ -194,6 +195,8 @@ def test_children_fork_from_one_zygote_per_environment(monkeypatch):
         zygote, seen = answers[0][1]
         assert zygote != os.getpid() and seen == "first"
         monkeypatch.setenv(HANG_ENV, "second")  # read per call: same zygote
+        # Ray's own variables (another job's worker on the node): same zygote
+        monkeypatch.setenv("RAY_JOB_ID", "02000000")
         later = IsolatedWorker(make, timeout_s=30, preload=("json",))
         assert later.run("x") == (True, (zygote, "second"))
         later.close()

@@ -75,7 +75,11 @@ PER_CALL_ENV = (
     "CPS_RAY_FAKE_CUDA_DEVICES",
     "CPS_RAY_FAKE_NVDEC",
 )
-PER_CALL_PREFIXES = ("AWS_",)
+# Ray's variables too: a zygote never imports ray, and Ray gives each job's
+# workers their own (RAY_JOB_ID, the job's runtime env), so with them in the
+# key every job joining a warm node would start a zygote of its own (torch,
+# torchcodec and Numba imported again: about 7 CPU-s).
+PER_CALL_PREFIXES = ("AWS_", "RAY_")
 # Zygotes kept per process; one without live children is closed to make room.
 MAX_ZYGOTES = 4
 POLL_S = 0.5
