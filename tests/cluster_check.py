@@ -34,18 +34,16 @@ def main(paths: list[str]) -> None:
     cluster = Cluster(initialize_head=True, head_node_args=head)
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
-    # State API clients (list_actors here, Ray Train's placement group cleaner
-    # in a worker) ask this head, not the last Ray another test started.
+    # The State API client (list_actors, at the end) asks this head, not the
+    # last Ray another test started.
     dashboard = cluster.head_node.address_info["webui_url"]
     if dashboard is None:
         sys.exit("the head's dashboard did not start (Ray's log: 'Failed to start the dashboard')")
-    api = {"RAY_API_SERVER_ADDRESS": f"http://{dashboard}"}
-    os.environ.update(api)
-    ray.init(address=cluster.address, runtime_env={"env_vars": {**ENV, **api}},
-             log_to_driver=False)  # fmt: skip
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{dashboard}"
+    ray.init(address=cluster.address, runtime_env={"env_vars": ENV}, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    from cps_ray import PatchStreamConfig, local_stream, patch_dataset, resolve_backends
+    from cps_ray import PatchStreamConfig, patch_dataset, resolve_backends
 
     @ray.remote
     def resolve(_):
@@ -61,33 +59,26 @@ def main(paths: list[str]) -> None:
     # One decode actor (the default fills the cluster's CPUs, four actors for
     # three videos): what is checked is where the select stage runs.
     rows = patch_dataset(paths, cfg, decode_pool=1).take_all()
-    # The CPU kernel's rows, decoded in this process (no zygote to start).
-    cpu_cfg = PatchStreamConfig(**{**cfg.__dict__, "process_backend": "cpu"})
-    local = list(local_stream(paths, cpu_cfg, isolation="none"))
-    same = all(
-        (a["patches"] == b["patches"]).all() and (a["meta_fields"] == b["meta_fields"]).all()
-        for a, b in zip(rows, local)
+    # The same settings on auto with the declared GPU and a CPU held back for
+    # other work (Ray Train workers: reserve_gpus=1, reserve_cpus=1): the pools
+    # leave the GPU alone, so every actor resolves auto to the CPU. Its rows
+    # are the CPU kernel's, to compare the simulated CUDA kernel against.
+    auto = PatchStreamConfig(**{**cfg.__dict__, "decode_backend": "auto",
+                                "process_backend": "auto"})  # fmt: skip
+    reserved = patch_dataset(paths, auto, reserve_cpus=1, reserve_gpus=1, decode_pool=1).take_all()
+    same = len(rows) == len(reserved) and all(
+        a["path"] == b["path"]
+        and (a["patches"] == b["patches"]).all()
+        and (a["meta_fields"] == b["meta_fields"]).all()
+        for a, b in zip(rows, reserved)
         if a["error"] is None
     )
-    # A trainer worker beside the pipeline, the declared GPU reserved for the
-    # trainer: the pools leave it alone, so auto decodes on CPU actors. (A
-    # trainer worker cannot hold the GPU itself here: Ray Train's torch
-    # backend would move the model to a CUDA device this machine lacks.)
-    from cps_ray.pipeline import train_on_workers
-
-    auto = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
-    trained = train_on_workers(
-        patch_dataset(paths, auto, reserve_cpus=1, reserve_gpus=1, decode_pool=1), auto,
-        {"batch_size": 1, "epochs": 1, "steps": None, "lr": 1e-3, "dim": 8, "depth": 1,
-         "heads": 2, "mask_ratio": 0.25, "seed": 0, "prefetch_batches": 1},
-        num_workers=1, resources_per_worker={"CPU": 1},
-    )  # fmt: skip
     from ray.util.state import list_actors
 
     actors = {}  # stage -> [(node, asks for a GPU)], every actor of both runs
     for actor in list_actors(detail=True, limit=1000):
         name = actor.class_name or ""
-        for stage in ("DecodeStage", "SelectStage", "RayTrainWorker"):
+        for stage in ("DecodeStage", "SelectStage"):
             if stage in name:
                 wants_gpu = any(
                     key == "GPU" or key.startswith("GPU_group")
@@ -104,8 +95,11 @@ def main(paths: list[str]) -> None:
                     (r["path"], r["decode_backend"], r["process_backend"], r["error"]) for r in rows
                 ],
                 "same_as_cpu": bool(same),
+                "reserved_rows": [
+                    (r["path"], r["decode_backend"], r["process_backend"], r["error"])
+                    for r in reserved
+                ],
                 "actors": actors,
-                "trained_samples": trained["samples"],
             }
         )
     )
