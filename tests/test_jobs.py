@@ -1,5 +1,5 @@
 """The jobs: preprocess under ``ray job submit`` on a token-protected head,
-as a script joining a running Ray, and resumed; train_stream on CPU, also on
+from ``cps-ray preprocess`` on a running Ray, and resumed; train_stream on CPU, also on
 two Ray Train workers fed by the live pipeline, then resumed on the shards;
 cluster.yaml."""
 
@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from local_ray_head import RAY, local_ray_head, session_processes
 from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import ConfigError, EnergyRuleError, PatchStreamConfig, local_stream, write_shards
+from cps_ray._cli import main as cli_main
 from cps_ray.jobs import (
     JobError,
     add_config_options,
@@ -124,20 +124,16 @@ def test_job_submit_on_a_token_head_then_resume_and_refusals(media, tmp_path):
 
 
 @pytest.mark.slow(seconds=90)
-def test_preprocess_then_resume_then_train_from_shards(ray_session, job_env, media, tmp_path):
+def test_preprocess_then_resume_then_train_from_shards(ray_session, media, tmp_path, capsys):
     first_list = tmp_path / "first.txt"
     first_list.write_text(f"{media['h264.mp4']}\n{media['broken/text.mp4']}\n")
     out = tmp_path / "out"
-    # `cps-ray preprocess` as a script on a cluster runs it: a driver that joins
-    # a running Ray (RAY_ADDRESS). A job that starts a Ray of its own is
-    # test_resume's killed driver.
-    command = [str(Path(sys.executable).parent / "cps-ray"), "preprocess"]
+    # `cps-ray preprocess` on the Ray this process already runs. Drivers that
+    # join a running Ray as scripts are the token head's and test_remote's
+    # jobs; a job that starts a Ray of its own is test_resume's killed driver.
     args = [str(first_list), str(out), "--rows-per-shard", "1", *SMALL, *ONE_ACTOR_ARGS]
-    first = subprocess.run(command + args, env=job_env(), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "this run: 1 ok, 1 failed" in first.stdout
-    assert "issues/53727" not in first.stderr
+    assert cli_main(["preprocess", *args]) == 0
+    assert "this run: 1 ok, 1 failed" in capsys.readouterr().out
     shard0 = (out / "shards" / "shard-00000.parquet").read_bytes()
 
     # Without --resume an output that holds a run is refused; so are other settings.

@@ -42,13 +42,17 @@ def _assert_rows_equal(a, b):
             assert a[key] == b[key], key
 
 
-@pytest.mark.parametrize("dtype, selection", [("bf16", "energy"), ("fp16", "random")])
-def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype, selection):
+# The default plan on two CPUs (split: two decode actors and a select actor),
+# and one fused actor.
+@pytest.mark.parametrize(
+    "dtype, selection, pools", [("bf16", "energy", {}), ("fp16", "random", ONE_ACTOR)]
+)
+def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype, selection, pools):
     cfg = PatchStreamConfig(
         sequence_length=4, input_size=28, patch_size=14, k_keep=10, output_dtype=dtype,
         selection=selection, selection_seed=3,
     )  # fmt: skip
-    rows = patch_dataset(_paths(media), cfg).take_all()
+    rows = patch_dataset(_paths(media), cfg, **pools).take_all()
     local = list(local_stream(_paths(media), cfg, num_workers=2))
     assert [r["path"] for r in rows] == _paths(media)  # order preserved
     for a, b in zip(rows, local):
@@ -205,7 +209,7 @@ import sys
 from cps_ray import PatchStreamConfig, patch_dataset
 
 cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)
-rows = patch_dataset(sys.argv[1:], cfg).take_all()
+rows = patch_dataset(sys.argv[1:], cfg, fuse=True, decode_pool=1).take_all()  # ONE_ACTOR
 print([r["error"] for r in rows])
 """
 
