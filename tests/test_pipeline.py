@@ -73,10 +73,8 @@ def test_inputs_as_manifest_and_dataset(ray_session, media, tmp_path):
     paths = _paths(media, ["h264.mp4", "vp9.webm", "broken/empty.mp4"])
     manifest = tmp_path / "videos.parquet"
     pq.write_table(pa.table({"path": paths, "label": [1, 2, 3]}), manifest)
-    text = tmp_path / "videos.txt"
-    text.write_text("\n".join(paths))
     from_ds = ray_session.data.from_items([{"path": p, "other": 1} for p in paths])
-    for inputs in (str(manifest), str(text), from_ds):
+    for inputs in (str(manifest), from_ds):  # a text manifest: test_manifests
         rows = patch_dataset(inputs, CFG, **ONE_ACTOR).take_all()
         assert sorted(r["path"] for r in rows) == sorted(paths)
         assert sum(r["error"] is not None for r in rows) == 1
