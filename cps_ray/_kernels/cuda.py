@@ -14,7 +14,6 @@ import os
 import threading
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError, MissingDependencyError
 from .reference import GREY
@@ -23,6 +22,8 @@ try:
     from numba import cuda, int32, int64
 except ImportError as exc:  # numba-cuda (or its CUDA bindings) is missing
     raise MissingDependencyError("numba-cuda", "The gpu process backend", "cuda") from exc
+
+import torch  # after the check: a missing numba-cuda is named without importing torch
 
 # Shared scan buffers need a compile-time size: the hardware's block limit.
 MAX_THREADS_PER_BLOCK = 1024

@@ -210,7 +210,9 @@ def test_missing_numba_cuda_names_the_package_and_extra():
         "from cps_ray.errors import MissingDependencyError\n"
         "try:\n    import cps_ray._kernels.cuda\n"
         "except MissingDependencyError as e:\n    print('MISSING:', e)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "MISSING:" in out.stdout
+    assert "torch imported: False" in out.stdout  # named before anything heavy is loaded
     assert "numba-cuda" in out.stdout and "cps_ray[cuda]" in out.stdout
