@@ -276,6 +276,37 @@ def test_a_forked_child_keeps_one_torch_thread(monkeypatch):
     assert ok and counts == (1, min(default_ffmpeg_threads(2), os.cpu_count()))
 
 
+def _kernel_state(config):
+    """A child's target: what its zygote loaded of Numba (before the child's
+    own warm-up), then a selection with every kernel."""
+    from numba.np.ufunc import parallel
+
+    from cps_ray._kernels import cpu
+
+    loaded = (len(cpu._top_k.signatures), len(cpu._energies.signatures), parallel._is_initialized)
+    return lambda frames: (loaded, cpu.select(frames, 14, 5))
+
+
+@pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
+def test_children_start_with_the_serial_kernels_loaded_and_no_threads():
+    """The zygote loads Numba's serial kernels (its code generator is set up
+    once, not in every child), never a parallel one: that starts OpenMP's
+    threads, and GNU OpenMP aborts a child forked after it."""
+    from cps_ray._kernels import reference
+
+    frames = np.random.default_rng(7).integers(0, 256, (3, 3, 28, 28), dtype=np.uint8)
+    worker = IsolatedWorker(
+        functools.partial(_kernel_state, CFG), timeout_s=60, preload=VIDEO_PRELOAD
+    )
+    try:
+        ok, (loaded, selected) = worker.run(frames)
+    finally:
+        worker.close()
+    assert ok and loaded == (1, 0, False)
+    for got, expected in zip(selected, reference.select(frames, 14, 5)):
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
 def test_zygote_and_children_exit_with_their_owner(tmp_path):
     """An owner killed outright (an OOM kill of an actor) leaves no zygote

@@ -99,13 +99,13 @@ def share_cores(threads: int, *, numba_threads: bool = True) -> None:
     torch.set_num_threads(1)
 
 
-# What an isolated child of :class:`Worker` imports, once per zygote.
+# What an isolated child of :class:`Worker` imports (and loads), once per zygote.
 VIDEO_PRELOAD = (
     "torch",
     *DECODER_MODULES,
     "numba",
     "cps_ray._core",
-    "cps_ray._kernels.cpu",
+    "cps_ray._kernels.cpu:load_serial",
     "cps_ray.pipeline._worker",
 )
 

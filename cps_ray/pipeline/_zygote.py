@@ -4,14 +4,15 @@ Starting an isolated child the plain way costs a fresh interpreter that
 imports torch, torchcodec and Numba: about 5 s of CPU on a small machine,
 paid again for every child of a pool and for every restart after a crash.
 A zygote pays it once: it is started the plain way, imports the modules its
-children need (nothing more: no CUDA context, no thread pool, no file
-opened), then forks a child per request. A fork of it is ready in
+children need and loads Numba's serial kernels (nothing more: no CUDA
+context, no thread pool, no file opened), then forks a child per request. A fork of it is ready in
 milliseconds, and shares its memory until written.
 
 ``python -m cps_ray.pipeline._zygote_serve FD`` (:mod:`._zygote_serve`)
 talks to its owner over a socket pair (FD is its end):
 
-- the first message is the tuple of modules to import; it answers
+- the first message is the tuple of modules to import (``module:function``
+  also calls the function once: :func:`._zygote_serve.preload`); it answers
   ``("ready", None)`` or ``("failed", reason)``;
 - ``("fork", env, cwd)`` followed by a socket passed as a file descriptor:
   it forks a child that takes ``env`` as its whole environment and ``cwd``

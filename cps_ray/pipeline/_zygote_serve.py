@@ -18,6 +18,18 @@ from multiprocessing.reduction import recv_handle
 from ._zygote import POLL_S, peer
 
 
+def preload(entries) -> None:
+    """Import each ``"module"``; for ``"module:function"`` also call
+    ``function()`` once, here, so that every child forked after it starts
+    with its work done (never anything that starts threads: a fork copies
+    only the thread that forks)."""
+    for entry in entries:
+        module, _, function = entry.partition(":")
+        loaded = importlib.import_module(module)
+        if function:
+            getattr(loaded, function)()
+
+
 def _wait(pid: int, timeout: float | None) -> int | None:
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.001
@@ -55,8 +67,7 @@ def main(fd: int) -> None:
     owner = os.getppid()
     conn = Connection(socket.socket(fileno=fd).detach())
     try:
-        for name in conn.recv():
-            importlib.import_module(name)
+        preload(conn.recv())
     except Exception as err:  # an import failing under memory pressure, say
         conn.send(("failed", f"{type(err).__name__}: {err}"))
         return
@@ -182,8 +193,8 @@ class _NodeServer:
                 self._drop(owner)
 
 
-def serve_node(name: str, anchor: int, idle_s: float, preload: tuple[str, ...]) -> None:
-    """The node's zygote: detach, claim ``name``, import ``preload``, serve."""
+def serve_node(name: str, anchor: int, idle_s: float, modules: tuple[str, ...]) -> None:
+    """The node's zygote: detach, claim ``name``, :func:`preload` ``modules``, serve."""
     if os.fork() > 0:
         os._exit(0)  # the starting owner waits for this
     # Nobody's child, in a session of its own: Ray kills a dead actor's
@@ -196,8 +207,7 @@ def serve_node(name: str, anchor: int, idle_s: float, preload: tuple[str, ...]) 
         os._exit(0)  # another owner started it first: that one serves
     listener.listen(64)
     try:
-        for module in preload:
-            importlib.import_module(module)
+        preload(modules)
     except Exception as err:  # an import failing under memory pressure, say
         _refuse_waiting_owners(listener, f"{type(err).__name__}: {err}")
         os._exit(1)  # the next owner starts a zygote again
