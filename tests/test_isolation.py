@@ -281,17 +281,20 @@ def _kernel_state(config):
     own warm-up), then a selection with every kernel."""
     from numba.np.ufunc import parallel
 
+    from cps_ray._convert import bits_table
     from cps_ray._kernels import cpu
 
-    loaded = (len(cpu._top_k.signatures), len(cpu._energies.signatures), parallel._is_initialized)
+    loaded = (len(cpu._top_k.signatures), len(cpu._energies.signatures), parallel._is_initialized,
+              bits_table.cache_info().currsize)  # fmt: skip
     return lambda frames: (loaded, cpu.select(frames, 14, 5))
 
 
 @pytest.mark.skipif(not _zygote.supported(), reason="children are forked on Linux only")
 def test_children_start_with_the_serial_kernels_loaded_and_no_threads():
     """The zygote loads Numba's serial kernels (its code generator is set up
-    once, not in every child), never a parallel one: that starts OpenMP's
-    threads, and GNU OpenMP aborts a child forked after it."""
+    once, not in every child) and the three bit tables, never a parallel
+    kernel: that starts OpenMP's threads, and GNU OpenMP aborts a child
+    forked after it."""
     from cps_ray._kernels import reference
 
     frames = np.random.default_rng(7).integers(0, 256, (3, 3, 28, 28), dtype=np.uint8)
@@ -302,7 +305,7 @@ def test_children_start_with_the_serial_kernels_loaded_and_no_threads():
         ok, (loaded, selected) = worker.run(frames)
     finally:
         worker.close()
-    assert ok and loaded == (1, 0, False)
+    assert ok and loaded == (1, 0, False, 3)
     for got, expected in zip(selected, reference.select(frames, 14, 5)):
         np.testing.assert_array_equal(got, expected)
 
