@@ -48,6 +48,10 @@ test: setup
 	@# Numba's disk cache first: in a fresh clone every worker, actor and child
 	@# would otherwise compile the CPU kernels side by side (7 CPU-s each).
 	@$(BIN)/python -c "from cps_ray._kernels import cpu; cpu.warmup()"
+	@# Our modules' bytecode too (pip compiles only what it installs): where
+	@# PYTHONDONTWRITEBYTECODE is set, each actor, task worker and driver
+	@# would compile cps_ray from source again.
+	@$(BIN)/python -m compileall -q cps_ray
 	@echo "make test: the CPU tests ($(TEST_WORKERS) workers) and the CUDA-simulator tests run at once; each prints when it ends"
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-cpu test-cudasim
 
