@@ -227,12 +227,12 @@ def _run_info() -> int:
     return 0
 
 
-def _video_metadata(path: str) -> dict:
-    """Container and stream facts from torchcodec (empty if it cannot say)."""
+def _video_metadata(path: str, stream_index: int) -> dict:
+    """Facts of the decoded stream from torchcodec (empty if it cannot say)."""
     try:
         from torchcodec.decoders import VideoDecoder
 
-        md = VideoDecoder(path, seek_mode="approximate").metadata
+        md = VideoDecoder(path, seek_mode="approximate", stream_index=stream_index).metadata
     except Exception:  # decode_only already opened the file; this is extra detail
         return {}
     names = ("codec", "width", "height", "average_fps", "duration_seconds", "num_frames")
@@ -253,7 +253,8 @@ def _run_decode(args: argparse.Namespace) -> int:
     out = decode_only(config)
     result = {
         "path": os.path.abspath(args.video),
-        "metadata": _video_metadata(args.video),
+        "metadata": _video_metadata(args.video, out.stream_index),
+        "stream_index": out.stream_index,
         "num_frames": out.num_frames,
         "route": out.route,
         "decode_backend": out.decode_backend,
@@ -269,6 +270,7 @@ def _run_decode(args: argparse.Namespace) -> int:
     md = result["metadata"]
     facts = [
         ("path", result["path"]),
+        ("video stream", out.stream_index),
         ("codec", md.get("codec")),
         ("size", f"{md['width']}x{md['height']}" if md.get("width") else None),
         ("fps (average)", f"{md['average_fps']:.3f}" if md.get("average_fps") else None),

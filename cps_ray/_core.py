@@ -30,7 +30,9 @@ class DecodeResult:
     when it is set). frame_indices: int64 ``[T]``. timestamps: float64 ``[T]``
     seconds. decode_backend: the resolved ``"cpu"``/``"gpu"``.
     num_frames: frames in the video. route: how they were found (see
-    :mod:`cps_ray._decode`). decode_seconds: wall time of the decode.
+    :mod:`cps_ray._decode`). stream_index: the file's video stream they come
+    from (torchcodec's default pick, never an attached picture).
+    decode_seconds: wall time of the decode.
     device_fallback: why ``auto`` decoded on the CPU of a node where torch
     sees CUDA: torchcodec cannot decode on this node's GPU, or NVDEC cannot
     decode this file (``decode_backend`` is then ``"cpu"``); ``None`` otherwise.
@@ -46,6 +48,7 @@ class DecodeResult:
     route: str
     decode_seconds: float
     device_fallback: str | None = None
+    stream_index: int = 0
 
 
 def decode_with(config: DecodeConfig, path: str, device: str, num_threads: int) -> VideoFrames:
@@ -81,6 +84,7 @@ def decode_video(config: DecodeConfig, resolved: ResolvedBackends, num_threads: 
         route=out.route,
         decode_seconds=time.perf_counter() - start,
         device_fallback=out.device_fallback or resolved.decode_fallback,
+        stream_index=out.stream_index,
     )
 
 
@@ -116,6 +120,7 @@ class PatchStream:
         self.timestamps = decoded.timestamps
         self.num_frames = decoded.num_frames
         self.route = decoded.route
+        self.stream_index = decoded.stream_index
         self.decode_seconds = decoded.decode_seconds
         self.device_fallback = decoded.device_fallback
         self.select_seconds = select_seconds

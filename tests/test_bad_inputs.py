@@ -334,7 +334,7 @@ def test_long_video_holds_only_t_frames(long_media, route):
         got, n, last = out.route, out.num_frames, int(out.frame_indices[-1])
     else:
         request = Request(path, 4, "auto", None, "cpu", 1, Limits(path, None, None))
-        got, positions, _, _, n = decode_routes(request, None, "auto")
+        got, positions, _, _, n, _ = decode_routes(request, None, "auto")
         last = int(positions[-1])
     growth_kib = _memory_kib("VmHWM") - before
     assert got == route

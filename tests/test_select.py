@@ -228,6 +228,7 @@ stage = SelectStage(PatchStreamConfig(sequence_length=2, input_size=28, patch_si
 frames = np.random.default_rng(0).integers(0, 256, (1, 2, 3, 28, 28), dtype=np.uint8)
 batch = {"path": np.array(["a.mp4"], dtype=object), "frames": frames,
          "frame_indices": np.zeros((1, 2), np.int64), "timestamps": np.zeros((1, 2)),
+         "stream_index": np.zeros(1, np.int64),
          "decode_backend": np.array(["cpu"], dtype=object),
          "device_fallback": np.array([""], dtype=object), "error": np.array([""], dtype=object)}
 out = stage(batch)

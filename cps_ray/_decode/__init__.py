@@ -37,7 +37,8 @@ from .._remote import is_remote, local_copy, redact
 from ..errors import DecodeError
 from .opening import TORCHCODEC_ERRORS, CannotServe, Request, UnknownFrameSize, iter_frames
 from .opening import resize_transforms as _resize_transforms
-from .planned import decode_planned
+from .packets import OnlyPictures, open_container, video_stream
+from .planned import PacketPlan, decode_plan, plan_packets
 from .resize import resized_dims
 from .routes import decode_routes
 
@@ -58,6 +59,8 @@ class VideoFrames:
     frame_indices: int64 ``[T]``, positions in display order.
     timestamps: float64 ``[T]``, presentation times in seconds.
     num_frames: frames in the video, as the route that succeeded counted them.
+    stream_index: the file's stream they come from: the one torchcodec and
+    FFmpeg pick by default, never an attached picture, on every route.
     route: which route produced them (``packets``, ``keyframe``, ``header``,
     ``scan``, ``sequential``; see the module docstring).
     """
@@ -67,6 +70,8 @@ class VideoFrames:
     timestamps: torch.Tensor
     num_frames: int
     route: str
+    # The container's stream the frames come from (see packets.video_stream).
+    stream_index: int = 0
     # Why NVDEC could not decode the file when ``auto`` fell back to the CPU.
     device_fallback: str | None = None
 
@@ -136,40 +141,67 @@ def _decode_file(
     declared = declared_size(check_file(path))
     if declared is not None:
         limits.check_size(*declared)
-    request = Request(
-        path, sequence_length, uniform_strategy, input_size, device, num_threads, limits
-    )
+    stream_index, plan = _plan(path, uniform_strategy, sequence_length, limits)
+    request = Request(path, sequence_length, uniform_strategy, input_size, device, num_threads,
+                      limits, stream_index)  # fmt: skip
     if device.startswith("cuda"):
-        return _decode_cuda(request, nvdec_fallback)
-    return _decode_cpu(request)
+        return _decode_cuda(request, plan, nvdec_fallback)
+    return _decode_cpu(request, plan)
 
 
-def _decode(req: Request, transforms) -> VideoFrames:
+def _plan(path: str, strategy: str, sequence_length: int,
+          limits: Limits) -> tuple[int | None, PacketPlan | None]:  # fmt: skip
+    """The file's video stream, chosen once for every route, and the packet
+    plan of its frames: ``(None, None)`` where PyAV cannot open the file or
+    sees no video stream (torchcodec then picks and decodes), ``(index,
+    None)`` where the plan cannot be made."""
+    try:
+        container = open_container(path)
+    except CannotServe:
+        return None, None
+    with container:
+        try:
+            stream = video_stream(container)
+        except OnlyPictures:
+            raise DecodeError(
+                path, "no video stream in the file: only an attached picture (cover art)"
+            ) from None
+        if stream is None:
+            return None, None
+        try:
+            return stream.index, plan_packets(container, stream, path, strategy,
+                                              sequence_length, limits)  # fmt: skip
+        except CannotServe:
+            return stream.index, None
+
+
+def _decode(req: Request, plan: PacketPlan | None, transforms) -> VideoFrames:
     """The packet plan first; the routes that decode the file itself after."""
     strategy = req.uniform_strategy
-    try:
-        positions, frames, timestamps, n = decode_planned(req, transforms, strategy)
-        route = "keyframe" if strategy == "keyframe" else "packets"
-        return VideoFrames(frames, positions, timestamps, n, route)
-    except CannotServe:
-        pass
+    if plan is not None:
+        try:
+            positions, frames, timestamps, n = decode_plan(plan, req, transforms)
+            route = "keyframe" if strategy == "keyframe" else "packets"
+            return VideoFrames(frames, positions, timestamps, n, route, req.stream_index)
+        except CannotServe:
+            pass
     # Without a packet index, keyframe gives the exact uniform frames.
     strategy = "index" if strategy == "keyframe" else strategy
-    route, positions, frames, timestamps, n = decode_routes(req, transforms, strategy)
-    return VideoFrames(frames.contiguous(), positions, timestamps, n, route)
+    route, positions, frames, timestamps, n, stream = decode_routes(req, transforms, strategy)
+    return VideoFrames(frames.contiguous(), positions, timestamps, n, route, stream)
 
 
-def _decode_cpu(req: Request) -> VideoFrames:
+def _decode_cpu(req: Request, plan: PacketPlan | None) -> VideoFrames:
     try:
-        return _decode(req, _resize_transforms(req.input_size, req.limits))
+        return _decode(req, plan, _resize_transforms(req.input_size, req.limits))
     except UnknownFrameSize:
         pass
     # No frame size in the header: learn it from the first decoded frame.
     size = _first_frame_size(req)
-    return _decode(req, _resize_transforms(req.input_size, req.limits, size))
+    return _decode(req, plan, _resize_transforms(req.input_size, req.limits, size))
 
 
-def _decode_cuda(req: Request, nvdec_fallback: bool) -> VideoFrames:
+def _decode_cuda(req: Request, plan: PacketPlan | None, nvdec_fallback: bool) -> VideoFrames:
     """NVDEC decode at native size, then the resize policy on the GPU."""
     try:
         probe = req.open("approximate")
@@ -189,9 +221,9 @@ def _decode_cuda(req: Request, nvdec_fallback: bool) -> VideoFrames:
                 f"NVDEC cannot decode it on {req.device} ({reason}); use decode_backend='cpu', "
                 "or 'auto' to fall back to the CPU",
             )
-        out = _decode_cpu(dataclasses.replace(req, device="cpu"))
+        out = _decode_cpu(dataclasses.replace(req, device="cpu"), plan)
         return dataclasses.replace(out, device_fallback=reason)
-    out = _decode(req, None)
+    out = _decode(req, plan, None)
     if req.input_size is None:
         return out
     from .resize import resize_center_crop

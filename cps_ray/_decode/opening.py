@@ -44,12 +44,15 @@ class Request:
     device: str
     num_threads: int
     limits: Limits
+    # The file's video stream (see packets.video_stream); None: torchcodec's pick.
+    stream_index: int | None = None
 
     def open(self, seek_mode: str, transforms=None, source=None):
-        """A torchcodec ``VideoDecoder`` of the file (or of ``source``, a
-        file-like object), checked against the limits before any frame is
-        decoded."""
+        """A torchcodec ``VideoDecoder`` of the file's video stream (or of
+        ``source``, a file-like object holding one stream), checked against
+        the limits before any frame is decoded."""
         options = dict(
+            stream_index=self.stream_index if source is None else None,
             seek_mode=seek_mode,
             num_ffmpeg_threads=self.num_threads,
             device=self.device,

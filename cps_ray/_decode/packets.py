@@ -1,7 +1,7 @@
 """The packets of a video, listed without decoding, and the plan of which of
 them to decode for a set of frames.
 
-PyAV demuxes the first video stream once (about 12 ms for a minute of 480p
+PyAV demuxes the video stream once (about 12 ms for a minute of 480p
 H.264) and records per packet, in decode order: its timestamp, its keyframe
 flag and, for H.264 and HEVC, whether it is *droppable* -- a picture no later
 picture refers to, read from its NAL unit headers:
@@ -85,6 +85,7 @@ class PacketIndex:
     last_duration: float  # seconds the last frame is shown
     codec: str
     nal_length: int | None
+    stream_index: int = 0  # the container's stream these packets are from
     # The packets themselves, in decode order, when they fit HOLD_BYTES.
     held: list | None = field(default=None, compare=False, repr=False)
 
@@ -94,33 +95,67 @@ class PacketIndex:
 
 
 def open_container(path: str):
-    """PyAV's container of ``path``, with a video stream; else
-    :class:`NoPacketIndex`."""
+    """PyAV's container of ``path``; :class:`NoPacketIndex` where PyAV
+    cannot open it."""
     import av
 
     try:
-        container = av.open(open(path, "rb") if open_by_handle(path) else path)
+        return av.open(open(path, "rb") if open_by_handle(path) else path)
     except (av.error.FFmpegError, OSError) as err:
         raise NoPacketIndex(f"PyAV cannot open it: {err}") from None
-    if not container.streams.video:
-        container.close()
-        raise NoPacketIndex("no video stream")
-    return container
+
+
+class OnlyPictures(Exception):
+    """The file's only video streams are attached pictures (cover art)."""
+
+
+def video_stream(container):
+    """The video stream cps_ray decodes: the one FFmpeg's
+    ``av_find_best_stream`` (and so torchcodec) picks by default, never an
+    attached picture; ``None`` when the file has no video stream.
+
+    FFmpeg ranks streams by disposition, frames seen while probing, then
+    bit rate; where its pick is an attached picture, the best of the other
+    video streams by disposition, frame count and bit rate is taken.
+
+    Raises:
+        OnlyPictures: every video stream is an attached picture.
+    """
+    import av
+
+    streams = list(container.streams.video)
+    if not streams:
+        return None
+    pictures = av.stream.Disposition.attached_pic
+    movies = [s for s in streams if not s.disposition & pictures]
+    if not movies:
+        raise OnlyPictures()
+    best = container.streams.best("video")
+    if best is not None and not best.disposition & pictures:
+        return best
+
+    def rank(stream):
+        default = bool(stream.disposition & av.stream.Disposition.default)
+        return (default, stream.frames or 0, stream.codec_context.bit_rate or 0, -stream.index)
+
+    return max(movies, key=rank)
 
 
 def read_index(path: str) -> PacketIndex:
-    """The packet index of ``path`` (no packets held)."""
+    """The packet index of ``path``'s video stream (no packets held)."""
     with open_container(path) as container:
-        return index_packets(container, hold_bytes=0)
+        stream = video_stream(container)
+        if stream is None:
+            raise NoPacketIndex("no video stream")
+        return index_packets(container, stream, hold_bytes=0)
 
 
-def index_packets(container, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
-    """Demux ``container``'s first video stream (no decoding), holding the
-    packets while they fit ``hold_bytes``. Raises :class:`NoPacketIndex`
-    where that is impossible."""
+def index_packets(container, stream, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
+    """Demux ``stream`` of ``container`` (no decoding), holding the packets
+    while they fit ``hold_bytes``. Raises :class:`NoPacketIndex` where that
+    is impossible."""
     import av
 
-    stream = container.streams.video[0]
     codec = stream.codec_context.name
     nal_length = _nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
@@ -151,10 +186,11 @@ def index_packets(container, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
         raise NoPacketIndex("no packet timestamps")
     return _build(np.asarray(pts, dtype=np.int64), np.asarray(keys, dtype=bool),
                   np.asarray(kinds, dtype=np.int64), time_base, last_duration, codec,
-                  nal_length, held)  # fmt: skip
+                  nal_length, stream.index, held)  # fmt: skip
 
 
-def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, nal_length, held):
+def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, nal_length,
+           stream_index, held):  # fmt: skip
     if len(np.unique(decode_pts)) != len(decode_pts):
         raise NoPacketIndex("two packets share a timestamp")
     if not decode_keys.any():
@@ -189,6 +225,7 @@ def _build(decode_pts, decode_keys, kinds, time_base, last_duration, codec, nal_
         last_duration=max(last_duration, 0) * tb,
         codec=codec,
         nal_length=nal_length,
+        stream_index=stream_index,
         held=held,
     )
 

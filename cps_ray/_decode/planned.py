@@ -19,6 +19,7 @@ planned ones (up to Matroska's millisecond rounding), else it hands over
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,38 +45,66 @@ _HEVC_CRA, _HEVC_BLA_W_LP = 21, 16
 _TIME_SLACK_S = 1.5e-3
 
 
-def decode_planned(req: Request, transforms, strategy: str):
-    """(positions, frames, timestamps, num_frames) of ``strategy``'s frames."""
-    with open_container(req.path) as container:
-        index = index_packets(container)
-        req.limits.check_time()
-        positions = frame_positions(index, strategy, req.sequence_length)
-        uniq, inverse = np.unique(positions, return_inverse=True)
-        keep = packets_to_decode(index, uniq)
-        data = remux(container, req.path, index, keep)
+@dataclass(frozen=True)
+class PacketPlan:
+    """The packets ``strategy``'s frames need, copied into a Matroska file.
+
+    positions: int64 ``[T]`` display positions; unique: the distinct ones,
+    ascending, and inverse: ``positions = unique[inverse]``. local: each
+    unique frame's position among the kept packets (the decoder's index).
+    seconds: float64 timestamps of the unique frames.
+    """
+
+    positions: np.ndarray
+    unique: np.ndarray
+    inverse: np.ndarray
+    local: np.ndarray
+    seconds: np.ndarray
+    num_frames: int
+    kept: int
+    data: bytes
+
+
+def plan_packets(container, stream, path: str, strategy: str, sequence_length: int,
+                 limits) -> PacketPlan:  # fmt: skip
+    """Index ``stream`` and copy the packets of ``strategy``'s frames (no
+    decoding). Raises :class:`CannotServe` where the plan cannot be made."""
+    index = index_packets(container, stream)
+    limits.check_time()
+    positions = frame_positions(index, strategy, sequence_length)
+    unique, inverse = np.unique(positions, return_inverse=True)
+    keep = packets_to_decode(index, unique)
+    data = remux(container, stream, path, index, keep)
+    kept_pts = np.sort(index.packet_pts[keep])
+    local = np.searchsorted(kept_pts, index.packet_pts[index.packet[unique]])
+    return PacketPlan(positions, unique, inverse, local, index.pts_seconds[unique],
+                      index.num_frames, int(keep.sum()), data)  # fmt: skip
+
+
+def decode_plan(plan: PacketPlan, req: Request, transforms):
+    """(positions, frames, timestamps, num_frames) of ``plan``'s frames,
+    decoded by torchcodec from its packets. Raises :class:`CannotServe`
+    where the decoder disagrees with the plan."""
     req.limits.check_time()
     try:
-        decoder = req.open("exact", transforms, source=io.BytesIO(data))
+        decoder = req.open("exact", transforms, source=io.BytesIO(plan.data))
     except TORCHCODEC_ERRORS as err:
         raise CannotServe(f"torchcodec cannot open the planned packets: {err}") from None
-    if len(decoder) != int(keep.sum()):
+    if len(decoder) != plan.kept:
         raise CannotServe("torchcodec counts the planned packets differently")
-    kept_pts = np.sort(index.packet_pts[keep])
-    local = np.searchsorted(kept_pts, index.packet_pts[index.packet[uniq]])
-    data_, pts, _ = seek_frames(decoder.get_frames_at, local.tolist(), req.limits)
-    wanted = index.pts_seconds[uniq]
-    offset = pts.to(torch.float64).numpy() - wanted
+    data, pts, _ = seek_frames(decoder.get_frames_at, plan.local.tolist(), req.limits)
+    offset = pts.to(torch.float64).numpy() - plan.seconds
     if np.ptp(offset) > _TIME_SLACK_S:
         raise CannotServe("the decoder output other frames than the planned ones")
-    inv = torch.from_numpy(inverse)
-    frames = data_[inv].contiguous()
-    return torch.from_numpy(positions), frames, torch.from_numpy(wanted)[inv], index.num_frames
+    inv = torch.from_numpy(plan.inverse)
+    frames = data[inv].contiguous()
+    timestamps = torch.from_numpy(plan.seconds)[inv]
+    return torch.from_numpy(plan.positions), frames, timestamps, plan.num_frames
 
 
-def remux(container, path: str, index: PacketIndex, keep: np.ndarray) -> bytes:
-    """The packets ``keep`` selects (decode order) of ``container``'s first
-    video stream, as a Matroska file: the packets held by the index, or read
-    again from ``path``."""
+def remux(container, stream, path: str, index: PacketIndex, keep: np.ndarray) -> bytes:
+    """The packets ``keep`` selects (decode order) of ``stream``, as a
+    Matroska file: the packets held by the index, or read again from ``path``."""
     import av
 
     last = int(np.flatnonzero(keep)[-1])
@@ -83,14 +112,14 @@ def remux(container, path: str, index: PacketIndex, keep: np.ndarray) -> bytes:
     out = io.BytesIO()
     try:
         with av.open(out, "w", format="matroska") as muxer:
-            stream = muxer.add_stream_from_template(container.streams.video[0], opaque=True)
+            target = muxer.add_stream_from_template(stream, opaque=True)
             if index.held is not None:
-                _mux(muxer, stream, index.held, keep, last, starts, index)
+                _mux(muxer, target, index.held, keep, last, starts, index)
             else:
                 with open_container(path) as again:
-                    source = again.streams.video[0]
+                    source = again.streams[stream.index]
                     packets = (p for p in again.demux(source) if p.pts is not None and p.size)
-                    _mux(muxer, stream, packets, keep, last, starts, index)
+                    _mux(muxer, target, packets, keep, last, starts, index)
     except (av.error.FFmpegError, ValueError) as err:  # ValueError: a codec Matroska lacks
         raise CannotServe(f"cannot copy the planned packets: {err}") from None
     return out.getvalue()

@@ -15,6 +15,7 @@ header never becomes an error:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -185,15 +186,17 @@ def _sample_sequential(
 
 
 def decode_routes(req: Request, transforms, strategy: str):
-    """(route, positions, frames, timestamps, num_frames) of ``strategy``'s
-    frames (``index``, ``time`` or ``auto``). Raises :class:`DecodeError`
-    when no route can decode the file."""
+    """(route, positions, frames, timestamps, num_frames, stream_index) of
+    ``strategy``'s frames (``index``, ``time`` or ``auto``). Every route
+    decodes the stream of ``req`` (torchcodec's pick when it has none: the
+    first decoder opened pins it for the others). Raises
+    :class:`DecodeError` when no route can decode the file."""
 
     def opener(seek_mode: str):
         return lambda: req.open(seek_mode, transforms)
 
     attempts = [("scan", "exact")] if strategy == "index" else [("header", "approximate"),
-                                                                 ("scan", "exact")]  # fmt: skip
+                                                                ("scan", "exact")]  # fmt: skip
     hint_decoder = None
     failure: Exception | None = None
     for route, seek_mode in attempts:
@@ -206,6 +209,8 @@ def decode_routes(req: Request, transforms, strategy: str):
                 raise DecodeError(req.path, reason) from None
             failure = e
             continue
+        if req.stream_index is None:
+            req = dataclasses.replace(req, stream_index=decoder.stream_index)
         hint_decoder = hint_decoder or decoder
         try:
             positions, frames, timestamps, n = _sample_seeking(
@@ -215,7 +220,7 @@ def decode_routes(req: Request, transforms, strategy: str):
         except (CannotServe, *TORCHCODEC_ERRORS) as e:
             failure = e
             continue  # the next route is slower and does not trust what failed here
-        return route, positions, frames, timestamps, n
+        return route, positions, frames, timestamps, n, req.stream_index
 
     # The walk after a successful open uses the exact mode; where that mode
     # cannot read from the start again (a JPEG through FFmpeg's image2
@@ -229,5 +234,14 @@ def decode_routes(req: Request, transforms, strategy: str):
         except (CannotServe, *TORCHCODEC_ERRORS) as e:
             failure = e
             continue
-        return "sequential", positions, frames, timestamps, n
+        stream = req.stream_index if req.stream_index is not None else _opened_stream(opener)
+        return "sequential", positions, frames, timestamps, n, stream
     raise DecodeError(req.path, f"too damaged to decode: {short_reason(failure)}")
+
+
+def _opened_stream(opener) -> int:
+    """torchcodec's pick of stream, for a file only the walk could open."""
+    try:
+        return int(opener("approximate")().stream_index)
+    except TORCHCODEC_ERRORS:
+        return 0

@@ -34,6 +34,7 @@ ROW_COLUMNS = (
     "meta_scores",
     "frame_indices",
     "timestamps",
+    "stream_index",
     "decode_backend",
     "process_backend",
     "device_fallback",
@@ -78,10 +79,12 @@ def make_row(
     process_backend: str,
     output_dtype: str,
     device_fallback: str | None = None,
+    stream_index: int = 0,
 ) -> dict[str, Any]:
     """A success row from tensors on any device, or from NumPy arrays (the
     patches as a row keeps them). ``device_fallback``: why ``auto`` decoded
-    on the CPU of a GPU node (None when it did not)."""
+    on the CPU of a GPU node (None when it did not); ``stream_index``: the
+    file's video stream decoded."""
     return {
         "path": row_path(path),
         "patches": patches_to_numpy(patches),
@@ -90,6 +93,7 @@ def make_row(
         "meta_scores": _on_host(meta_scores),
         "frame_indices": _host_array(frame_indices, np.int64),
         "timestamps": _host_array(timestamps, np.float64),
+        "stream_index": int(stream_index),
         "decode_backend": decode_backend,
         "process_backend": process_backend,
         "device_fallback": device_fallback or None,
@@ -120,6 +124,7 @@ def success_row(session: PatchStream) -> dict[str, Any]:
         session.process_backend,
         session.config.output_dtype,
         session.device_fallback,
+        session.stream_index,
     )
 
 
@@ -130,6 +135,8 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         values = [row[column] for row in rows]
         if values and isinstance(values[0], np.ndarray):
             batch[column] = np.stack(values)
+        elif values and isinstance(values[0], int):
+            batch[column] = np.array(values, dtype=np.int64)
         else:
             batch[column] = np.array(values, dtype=object)
     return batch
@@ -165,6 +172,7 @@ def error_row(
         "meta_scores": np.zeros((k,), np.float32),
         "frame_indices": np.full((t,), -1, np.int64),
         "timestamps": np.zeros((t,), np.float64),
+        "stream_index": -1,
         "decode_backend": decode_backend,
         "process_backend": process_backend,
         "device_fallback": device_fallback or None,

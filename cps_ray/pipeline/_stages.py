@@ -41,7 +41,7 @@ def _paths(batch: dict[str, np.ndarray]) -> list[str]:
 
 
 class FrameDecoder:
-    """One path -> ``(frames, frame_indices, timestamps, device_fallback)``
+    """One path -> ``(frames, frame_indices, timestamps, device_fallback, stream_index)``
     as NumPy (frames uint8 ``[T, 3, S, S]``; ``device_fallback`` "" unless
     ``auto`` decoded on the CPU of a GPU node, then why); raises
     ``DecodeError``. What a decode actor runs per video, in itself or in its
@@ -59,7 +59,7 @@ class FrameDecoder:
         if self.decode_backend == "gpu":
             size_nvdec_cache(processes_per_gpu)
 
-    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, int]:
         from .._core import decode_with
 
         out = decode_with(self.config, path, self.device, self.num_threads)
@@ -68,6 +68,7 @@ class FrameDecoder:
             out.frame_indices.numpy(),
             out.timestamps.numpy(),
             out.device_fallback or self.fallback or "",
+            out.stream_index,
         )
 
 
@@ -127,6 +128,7 @@ class DecodeStage:
         frames = np.zeros((n, t, 3, s, s), np.uint8)
         indices = np.full((n, t), -1, np.int64)
         stamps = np.zeros((n, t), np.float64)
+        streams = np.full(n, -1, np.int64)
         # "" means no error: a column of only None does not survive Arrow.
         errors: list[str] = [""] * n
         backends = [self.decode_backend] * n
@@ -137,7 +139,7 @@ class DecodeStage:
                 errors[i] = value
                 continue
             try:
-                frames[i], indices[i], stamps[i], fallbacks[i] = value
+                frames[i], indices[i], stamps[i], fallbacks[i], streams[i] = value
             except Exception as err:  # frames of another shape: never expected
                 errors[i] = error_reason(err)
                 continue
@@ -148,6 +150,7 @@ class DecodeStage:
             "frames": frames,
             "frame_indices": indices,
             "timestamps": stamps,
+            "stream_index": streams,
             "decode_backend": np.array(backends, dtype=object),
             "device_fallback": np.array(fallbacks, dtype=object),
             "error": np.array(errors, dtype=object),
@@ -219,6 +222,7 @@ class SelectStage:
                             backend,
                             cfg.output_dtype,
                             fallback,
+                            int(batch["stream_index"][i]),
                         )
                     )
                     continue
