@@ -3,7 +3,7 @@
 Each run is a fresh process that starts a local Ray (2 CPUs; not timed),
 then builds ``patch_dataset`` over the sample videos and times its first row
 and its last; then once more in the same Ray (the next pipeline of a
-session: its actors are new, the node's zygote is not). ``--checkout DIR``
+session: its actors are new, Ray's workers are not). ``--checkout DIR``
 runs the code of another checkout (a ``git worktree`` of an older commit)
 instead of this one, alternating with this one, so both see the same machine.
 

@@ -2,7 +2,7 @@
 whole machine's CPU, the job's actors and tasks included.
 
 Each round is a fresh process that starts a local Ray (2 CPUs; not counted),
-runs one job to warm the node (its zygote, Ray Data's own actors), then
+runs one job to warm the node (Ray Data's own actors), then
 times ``--jobs`` more, each a manifest of the sample videos written to a new
 output (the job path of ``cps-ray preprocess LIST OUT``, one fused actor).
 ``--checkout DIR`` runs another checkout's code (a ``git worktree`` of an

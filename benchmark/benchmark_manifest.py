@@ -14,7 +14,7 @@ manifest (``read_manifest``) and hands the list to ``patch_dataset``.
 
 ``--mode folder`` gives ``patch_dataset`` a folder of that many empty
 ``.mp4`` files (1,000 per subfolder; each an error row at once), which a task
-lists (:mod:`cps_ray.pipeline._listing`); ``--mode folder-listed`` lists it in
+lists (:mod:`cps_ray.pipeline._inputs`); ``--mode folder-listed`` lists it in
 the driver first (``find_videos``), the way before.
 
     python benchmark/benchmark_manifest.py                   # streamed
@@ -42,7 +42,7 @@ import ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 from cps_ray import PatchStreamConfig, patch_dataset
 from cps_ray._media import find_videos
-from cps_ray.pipeline._inputs import read_manifest
+from cps_ray.pipeline._inputs import input_paths as read_manifest
 cfg = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
 start = time.perf_counter()
 listed = {"listed": read_manifest, "folder-listed": find_videos}

@@ -6,7 +6,7 @@
 About 4.5 minutes on 2 cores (plus about a minute to make the inputs once).
 
 Each measurement runs in a fresh child process that does what one decode or
-fused actor does: build ``cps_ray.pipeline._worker.VideoWorker(config)`` (which
+fused actor does: build ``cps_ray._core.VideoCore(config)`` (which
 resolves the backends and warms the Numba kernel) and call it ``--calls``
 times on one file, dropping each row before the next call. The parent reads
 the child's peak RSS from ``os.wait4``'s rusage (``ru_maxrss``, KiB on Linux);
@@ -139,7 +139,7 @@ def run_child(spec: dict) -> dict:
     """Import, warm up, then decode ``spec["path"]`` ``spec["calls"]`` times."""
     start = time.perf_counter()
     from cps_ray import DecodeConfig, PatchStreamConfig, decode_only
-    from cps_ray.pipeline._worker import VideoWorker
+    from cps_ray._core import VideoCore
 
     after_imports = _status_mib()["VmRSS"]
     threads = spec["ffmpeg_threads"]
@@ -153,11 +153,11 @@ def run_child(spec: dict) -> dict:
             process_backend="cpu",
             ffmpeg_threads=threads,
         )
-        worker = VideoWorker(config)  # resolves backends, warms the Numba kernel
+        worker = VideoCore(config)  # resolves backends, warms the Numba kernel
         resolved_threads = worker.num_threads
 
         def call(path: str) -> str | None:
-            return worker(path)["error"]
+            return worker.row(path)["error"]
     else:
         config = DecodeConfig(
             sequence_length=spec["sequence_length"],
@@ -165,9 +165,9 @@ def run_child(spec: dict) -> dict:
             decode_backend="cpu",
             ffmpeg_threads=threads,
         )
-        from cps_ray._decode import default_ffmpeg_threads
+        from cps_ray._devices import decode_threads
 
-        resolved_threads = threads or default_ffmpeg_threads(1)
+        resolved_threads = decode_threads(config)
 
         def call(path: str) -> str | None:
             out = decode_only(DecodeConfig(**{**config.decode_fields(), "video_path": path}))

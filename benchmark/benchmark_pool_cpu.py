@@ -7,7 +7,7 @@ one fused actor), the layouts alternating so they see the same machine. The
 CPU is the whole machine's busy time from ``/proc/stat`` (Linux only) over
 the run and the seconds after it in which its actors exit, so run it on an
 otherwise idle machine. The first pipeline of the session (Ray Data's own
-actors and the node's zygote start then) is reported apart.
+actors and their fork servers start then) is reported apart.
 
     python benchmark/benchmark_pool_cpu.py --rounds 3
 """

@@ -52,37 +52,36 @@ def main() -> None:
     ap.add_argument("--json", default="benchmark/out/train.json")
     args = ap.parse_args()
 
-    import ray
+    import json
+    import subprocess
+    import tempfile
 
-    from cps_ray import PatchStreamConfig, patch_dataset
-    from cps_ray.pipeline import train_on_workers
+    from cps_ray import PatchStreamConfig
 
     paths = video_paths(args.video_dir, args.limit)
     config = PatchStreamConfig(sequence_length=16, input_size=224, patch_size=14, k_keep=1024)
     per_video = pipeline_seconds_per_video(paths, config)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    options = {
-        "batch_size": args.batch_size, "epochs": args.epochs, "steps": None, "lr": 1e-3,
-        "dim": args.dim, "depth": args.depth, "heads": 4, "mask_ratio": 0.25, "seed": 0,
-        "prefetch_batches": 2,
-    }  # fmt: skip
+    job = Path(__file__).resolve().parents[1] / "jobs" / "train_stream.py"
     runs = []
-    for workers in args.workers:
-        reserve = {"reserve_cpus": workers * args.worker_cpus}
-        if args.use_gpu:
-            reserve["reserve_gpus"] = float(workers)
-        ds = patch_dataset(paths, config, **reserve)
-        summary = train_on_workers(
-            ds, config, options, num_workers=workers, use_gpu=args.use_gpu,
-            worker_cpus=args.worker_cpus,
-        )  # fmt: skip
-        records = summary["workers"]
-        step_s = statistics.fmean(
-            (w["seconds"] - w["first_batch_seconds"]) / max(1, w["steps"] - 1) for w in records
-        )
-        runs.append(
-            {
+    with tempfile.TemporaryDirectory() as folder:
+        listing = Path(folder) / "videos.txt"
+        listing.write_text("".join(f"{p}\n" for p in paths))
+        for workers in args.workers:
+            summary_path = Path(folder) / f"train-{workers}.json"
+            command = [sys.executable, str(job), "--input", str(listing), "--num-workers",
+                       str(workers), "--epochs", str(args.epochs), "--batch-size",
+                       str(args.batch_size), "--dim", str(args.dim), "--depth", str(args.depth),
+                       "--worker-cpus", str(args.worker_cpus), "--sequence-length", "16",
+                       "--input-size", "224", "--patch-size", "14", "--k-keep", "1024",
+                       "--json", str(summary_path), *(["--use-gpu"] if args.use_gpu else [])]
+            subprocess.run(command, check=True, env={**os.environ, "RAY_ADDRESS": ""})
+            summary = json.loads(summary_path.read_text())
+            records = summary["workers"]
+            step_s = statistics.fmean(
+                (w["seconds"] - w["first_batch_seconds"]) / max(1, w["steps"] - 1)
+                for w in records
+            )
+            runs.append({
                 "workers": workers,
                 "samples_per_second": summary["samples_per_second"],
                 "data_wait_share": [w["data_wait_share"] for w in records],
@@ -90,9 +89,7 @@ def main() -> None:
                 "seconds_per_step": step_s,
                 "pipeline_seconds_per_batch": per_video * args.batch_size * workers,
                 "devices": [w["device"] for w in records],
-            }
-        )
-    ray.shutdown()
+            })  # fmt: skip
     print(describe(machine_info()))
     print(
         f"{len(paths)} videos, T=16 S=224 p=14 k=1024, batch {args.batch_size} per worker, "

@@ -36,9 +36,10 @@ _LAZY = {
     "TrainingBatches": ".pipeline",
     "collate_patches": ".pipeline",
     "local_stream": ".pipeline",
-    "row_patches": ".pipeline",
+    "row_patches": "._rows",
     "patch_dataset": ".pipeline",
     "write_shards": ".pipeline",
+    "shard_dataset": ".pipeline",
     "select_patches": "._select",
 }
 
@@ -76,5 +77,6 @@ __all__ = [
     "resolve_backends",
     "row_patches",
     "select_patches",
+    "shard_dataset",
     "write_shards",
 ]

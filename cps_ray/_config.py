@@ -220,11 +220,13 @@ class PatchStreamConfig(DecodeConfig):
 
 @dataclass(frozen=True)
 class ResolvedBackends:
-    """What ``auto`` became on this node, recorded on every result.
+    """What ``auto`` became on this node, recorded on every result and row.
 
     decode_fallback: why ``auto`` decodes on the CPU of a node where torch
     sees CUDA (torchcodec cannot decode there, see
-    :func:`cps_ray._devices.nvdec_problem`); ``None`` otherwise.
+    :func:`cps_ray._devices.nvdec_problem`); ``None`` otherwise. A worker
+    that runs only the select half leaves the decode fields at what the
+    config asks (``auto`` is not probed there).
     """
 
     decode_backend: Literal["cpu", "gpu"]
@@ -262,11 +264,6 @@ def resolve_decode(requested: str, device_id: int) -> tuple[Literal["cpu", "gpu"
     return "cpu", problem
 
 
-def resolve_decode_backend(requested: str, device_id: int) -> Literal["cpu", "gpu"]:
-    """The backend of :func:`resolve_decode`, without the fallback reason."""
-    return resolve_decode(requested, device_id)[0]
-
-
 def _check_gpu(stage: str, requested: str, device_id: int) -> None:
     from .errors import DeviceUnavailableError
 
@@ -288,17 +285,28 @@ def resolve_process_backend(
     return resolved
 
 
-def resolve_backends(config: DecodeConfig) -> ResolvedBackends:
-    """Resolve every ``auto`` of ``config`` on this node, in one place."""
-    decode, fallback = resolve_decode(config.decode_backend, config.decode_device_id)
-    decode_device = devices.torch_device(decode, config.decode_device_id)
-    if not isinstance(config, PatchStreamConfig):
-        return ResolvedBackends(decode, decode_device, decode_fallback=fallback)
-    process = resolve_process_backend(config.process_backend, config.process_device_id, decode)
+def resolve_backends(config: DecodeConfig, *, decode: bool = True,
+                     process: bool = True) -> ResolvedBackends:  # fmt: skip
+    """Resolve every ``auto`` of ``config`` on this node, in one place.
+
+    A worker that runs one half of a split pipeline resolves that half:
+    ``decode=False`` (it only selects) does not probe the decode backend
+    here, and ``process_backend="auto"`` follows the config's explicit decode
+    backend; ``process=False`` (it only decodes) leaves the process backend
+    unresolved (``None``).
+    """
+    if decode or config.decode_backend == "auto":
+        backend, fallback = resolve_decode(config.decode_backend, config.decode_device_id)
+    else:
+        backend, fallback = config.decode_backend, None
+    decode_device = devices.torch_device(backend, config.decode_device_id)
+    if not process or not isinstance(config, PatchStreamConfig):
+        return ResolvedBackends(backend, decode_device, decode_fallback=fallback)
+    chosen = resolve_process_backend(config.process_backend, config.process_device_id, backend)
     return ResolvedBackends(
-        decode,
+        backend,
         decode_device,
-        process,
-        devices.torch_device(process, config.process_device_id),
+        chosen,
+        devices.torch_device(chosen, config.process_device_id),
         decode_fallback=fallback,
     )

@@ -1,11 +1,10 @@
-"""The per-video core: one path and a config whose backends are resolved ->
-decoded frames (:func:`decode_video`), patch tokens (:func:`run_patch_stream`)
-or one row (:func:`video_row`).
+"""The per-video core (``docs/architecture.md``): one path and a config ->
+decoded frames (the decode half), patch tokens (the select half), one row.
 
-The public face (:mod:`cps_ray._api`: ``decode_only``, ``patch_stream``) and
-every worker of the pipeline and of ``local_stream`` call these; the path is
-an argument, so a worker builds and checks its config once for all its
-videos.
+:class:`VideoCore` is what every worker holds: the public face
+(``decode_only``, ``patch_stream``), ``local_stream``, the pipeline's fused
+stage and both halves of its split stages. It resolves ``auto`` once on this
+node, fixes its FFmpeg thread count once, and warms up what it will run.
 """
 
 from __future__ import annotations
@@ -14,34 +13,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
-from ._config import DecodeConfig, PatchStreamConfig, ResolvedBackends
-from ._decode import VideoFrames, decode_frames
-from ._select import select_video
+from . import _rows as rows
+from ._config import DecodeConfig, PatchStreamConfig, ResolvedBackends, resolve_backends
+from ._devices import decode_threads, load_decoders, size_nvdec_cache
 from .errors import SessionClosedError
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """What :func:`decode_only` returns.
+    """What :func:`~cps_ray.decode_only` returns, and the decode half's output.
 
     frames: uint8 ``[T, 3, H, W]`` on ``decode_device`` (``H = W = input_size``
-    when it is set). frame_indices: int64 ``[T]``. timestamps: float64 ``[T]``
-    seconds. decode_backend: the resolved ``"cpu"``/``"gpu"``.
-    num_frames: frames in the video. route: how they were found (see
-    :mod:`cps_ray._decode`). stream_index: the file's video stream they come
-    from (torchcodec's default pick, never an attached picture).
-    decode_seconds: wall time of the decode.
-    device_fallback: why ``auto`` decoded on the CPU of a node where torch
-    sees CUDA: torchcodec cannot decode on this node's GPU, or NVDEC cannot
-    decode this file (``decode_backend`` is then ``"cpu"``); ``None`` otherwise.
+    when it is set): a NumPy array from the CPU decoder, a torch tensor from
+    NVDEC (``decode_only`` always hands out torch tensors). frame_indices:
+    int64 ``[T]``. timestamps: float64 ``[T]`` seconds. num_frames: frames in
+    the video. route: how they were found (see :mod:`cps_ray._decode`).
+    stream_index: the file's video stream (torchcodec's default pick, never
+    an attached picture). device_fallback: why ``auto`` decoded on the CPU of
+    a node where torch sees CUDA (``decode_backend`` is then ``"cpu"``).
     """
 
     path: str
-    frames: torch.Tensor
-    frame_indices: torch.Tensor
-    timestamps: torch.Tensor
+    frames: Any
+    frame_indices: Any
+    timestamps: Any
     decode_backend: str
     decode_device: str
     num_frames: int
@@ -51,41 +48,148 @@ class DecodeResult:
     stream_index: int = 0
 
 
-def decode_with(config: DecodeConfig, path: str, device: str, num_threads: int) -> VideoFrames:
-    """``decode_frames`` of ``path`` as ``config`` asks, on ``device``."""
-    return decode_frames(
-        path,
-        sequence_length=config.sequence_length,
-        uniform_strategy=config.uniform_strategy,
-        input_size=config.input_size,
-        device=device,
-        num_threads=num_threads,
-        nvdec_fallback=config.decode_backend == "auto",
-        max_pixels=config.max_pixels,
-        timeout_s=config.decode_timeout_s,
-    )
+@dataclass(frozen=True)
+class Selection:
+    """The select half's output: ``patches`` ``[k, 3, p, p]`` (as a row keeps
+    them on the CPU: NumPy, bf16 as uint16 bits; torch on a GPU),
+    ``meta_fields`` int32 ``[k, 3]``, ``meta_scores`` float32 ``[k]``."""
+
+    patches: Any
+    meta_fields: Any
+    meta_scores: Any
+    process_backend: str
+    process_device: str
+    seconds: float
 
 
-def decode_video(config: DecodeConfig, resolved: ResolvedBackends, num_threads: int,
-            path: str | None = None) -> DecodeResult:  # fmt: skip
-    path = config.require_path() if path is None else path
-    start = time.perf_counter()
-    out = decode_with(config, path, resolved.decode_device, num_threads)
-    # Only auto falls back (a file NVDEC cannot decode); the result says so.
-    fell_back = out.device_fallback is not None
-    return DecodeResult(
-        path=path,
-        frames=out.frames,
-        frame_indices=out.frame_indices,
-        timestamps=out.timestamps,
-        decode_backend="cpu" if fell_back else resolved.decode_backend,
-        decode_device="cpu" if fell_back else resolved.decode_device,
-        num_frames=out.num_frames,
-        route=out.route,
-        decode_seconds=time.perf_counter() - start,
-        device_fallback=out.device_fallback or resolved.decode_fallback,
-        stream_index=out.stream_index,
-    )
+class VideoCore:
+    """One worker's per-video core: ``auto`` resolved on this node when it is
+    built (an explicit ``gpu`` this node cannot serve fails here, for the
+    whole run), one FFmpeg thread count, and a warm-up of what it runs.
+
+    Args:
+        config: a :class:`DecodeConfig` (decode half only) or a
+            :class:`PatchStreamConfig`.
+        concurrent_videos: videos this core decodes at once (threads): they
+            share ``cores`` (this process's usable cores by default).
+        decode, select: ``False`` for a worker that runs only the other half
+            (the stages of a split pipeline).
+        warm: load the decoders and the selection kernel now, not inside the
+            first video's deadline.
+        processes_per_gpu: decode processes sharing the GPU (sizes the NVDEC cache).
+    """
+
+    def __init__(self, config: DecodeConfig, *, concurrent_videos: int = 1,
+                 cores: float | None = None, decode: bool = True, select: bool = True,
+                 warm: bool = True, processes_per_gpu: int = 1):  # fmt: skip
+        self.config = config
+        self.resolved: ResolvedBackends = resolve_backends(config, decode=decode, process=select)
+        self.num_threads = decode_threads(config, concurrent_videos, cores)
+        if warm:
+            self._warm_up(decode, processes_per_gpu)
+
+    def _warm_up(self, decode: bool, processes_per_gpu: int) -> None:
+        if decode:
+            load_decoders()
+            if self.resolved.decode_backend == "gpu":
+                size_nvdec_cache(processes_per_gpu)
+        if self.resolved.process_backend == "gpu":
+            from ._kernels import cuda
+
+            cuda.warmup(self.config.process_device_id)
+        elif self.resolved.process_backend == "cpu":
+            from ._kernels import cpu
+
+            cpu.warmup()
+
+    # -- the decode half ----------------------------------------------------------
+
+    def decode(self, path: str) -> DecodeResult:
+        """``sequence_length`` frames of ``path``; raises :class:`~cps_ray.DecodeError`."""
+        from ._decode import decode_frames
+
+        config, resolved = self.config, self.resolved
+        start = time.perf_counter()
+        out = decode_frames(
+            path,
+            sequence_length=config.sequence_length,
+            uniform_strategy=config.uniform_strategy,
+            input_size=config.input_size,
+            device=resolved.decode_device,
+            num_threads=self.num_threads,
+            nvdec_fallback=config.decode_backend == "auto",
+            max_pixels=config.max_pixels,
+            timeout_s=config.decode_timeout_s,
+        )
+        # Only auto falls back (a file NVDEC cannot decode); the result says so.
+        fell_back = out.device_fallback is not None
+        return DecodeResult(
+            path=path,
+            frames=out.frames,
+            frame_indices=out.frame_indices,
+            timestamps=out.timestamps,
+            decode_backend="cpu" if fell_back else resolved.decode_backend,
+            decode_device="cpu" if fell_back else resolved.decode_device,
+            num_frames=out.num_frames,
+            route=out.route,
+            decode_seconds=time.perf_counter() - start,
+            device_fallback=out.device_fallback or resolved.decode_fallback,
+            stream_index=out.stream_index,
+        )
+
+    # -- the select half ----------------------------------------------------------
+
+    def select(self, decoded: DecodeResult) -> Selection:
+        """Keep ``k_keep`` patches of ``decoded``'s frames on this core's
+        process backend (on the CPU in NumPy alone: no torch)."""
+        from . import _select
+
+        config, resolved = self.config, self.resolved
+        start = time.perf_counter()
+        if resolved.process_backend == "cpu":
+            frames = decoded.frames
+            if not isinstance(frames, np.ndarray):  # NVDEC frames, gpu -> cpu
+                frames = frames.cpu().numpy()
+            patches, fields, scores = _select.select_video_on_cpu(frames, config, decoded.path)
+        else:
+            frames = decoded.frames  # NumPy frames go to the kernel's device in the kernel
+            if not isinstance(frames, np.ndarray) and str(frames.device) != resolved.process_device:
+                frames = frames.to(resolved.process_device)  # between devices; gpu -> gpu stays
+            patches, fields, scores = _select.select_video(frames, config, decoded.path, "gpu")
+        return Selection(patches, fields, scores, resolved.process_backend,
+                         resolved.process_device, time.perf_counter() - start)  # fmt: skip
+
+    # -- rows -----------------------------------------------------------------------
+
+    def row(self, path: str) -> dict[str, Any]:
+        """``path``'s row (both halves); never raises for a bad video."""
+        try:
+            decoded = self.decode(path)
+        except Exception as err:  # every failure becomes an error row
+            return self.error_row(path, rows.failure(err))
+        return self.select_row(decoded)
+
+    def select_row(self, decoded: DecodeResult) -> dict[str, Any]:
+        """The row of frames the decode half gave; never raises."""
+        try:
+            return rows.make_row(decoded, self.select(decoded), self.config.output_dtype)
+        except Exception as err:  # a selection that fails is the video's error row
+            return self.error_row(decoded.path, rows.failure(err), decoded.decode_backend,
+                                  decoded.device_fallback)  # fmt: skip
+
+    def error_row(self, path: str, why: tuple[str, str], decode_backend: str | None = None,
+                  device_fallback: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """The error row of ``path``: ``why`` is ``(reason, kind)``; the decode
+        backend and fallback are this core's unless the decode half said."""
+        resolved = self.resolved
+        return rows.error_row(path, why, self.config, decode_backend or resolved.decode_backend,
+                              resolved.process_backend,
+                              device_fallback or resolved.decode_fallback)  # fmt: skip
+
+    def stream(self, path: str) -> PatchStream:
+        """The :class:`PatchStream` session of ``path``; raises for a bad video."""
+        decoded = self.decode(path)
+        return PatchStream(self.config, decoded, self.select(decoded))
 
 
 class PatchStream:
@@ -94,43 +198,38 @@ class PatchStream:
     patches: ``output_dtype [k_keep, 3, p, p]`` in [0, 1].
     metadata_tensors: ``(meta_fields int32 [k_keep, 3] = (t, row, col),
     meta_scores float32 [k_keep])``.
-    Both live on the CPU for ``process_backend="cpu"`` and on
+    All are torch tensors, on the CPU for ``process_backend="cpu"`` and on
     ``cuda:{process_device_id}`` for ``"gpu"``. After :meth:`close` they are
     released and reading them raises :class:`~cps_ray.errors.SessionClosedError`.
-    device_fallback: as in :class:`DecodeResult`.
     """
 
-    def __init__(
-        self,
-        config: PatchStreamConfig,
-        decoded: DecodeResult,
-        resolved: ResolvedBackends,
-        patches: torch.Tensor,
-        meta_fields: torch.Tensor,
-        meta_scores: torch.Tensor,
-        select_seconds: float,
-    ):
+    def __init__(self, config: PatchStreamConfig, decoded: DecodeResult, selection: Selection):
+        import torch
+
         self.config = config
         self.path = decoded.path
         self.decode_backend = decoded.decode_backend
         self.decode_device = decoded.decode_device
-        self.process_backend = resolved.process_backend
-        self.process_device = resolved.process_device
-        self.frame_indices = decoded.frame_indices
-        self.timestamps = decoded.timestamps
+        self.process_backend = selection.process_backend
+        self.process_device = selection.process_device
+        self.frame_indices = torch.as_tensor(decoded.frame_indices)
+        self.timestamps = torch.as_tensor(decoded.timestamps)
         self.num_frames = decoded.num_frames
         self.route = decoded.route
         self.stream_index = decoded.stream_index
         self.decode_seconds = decoded.decode_seconds
         self.device_fallback = decoded.device_fallback
-        self.select_seconds = select_seconds
-        self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
+        self.select_seconds = selection.seconds
+        patches = selection.patches
+        if isinstance(patches, np.ndarray):
+            patches = rows.row_patches({"patches": patches, "patches_dtype": config.output_dtype})
+        self._tensors: tuple | None = (
             patches,
-            meta_fields,
-            meta_scores,
+            torch.as_tensor(selection.meta_fields),
+            torch.as_tensor(selection.meta_scores),
         )
 
-    def _get(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _get(self) -> tuple:
         if self._tensors is None:
             raise SessionClosedError(
                 f"patch_stream session for {self.path} is closed; its tensors were released"
@@ -138,11 +237,11 @@ class PatchStream:
         return self._tensors
 
     @property
-    def patches(self) -> torch.Tensor:
+    def patches(self):
         return self._get()[0]
 
     @property
-    def metadata_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def metadata_tensors(self):
         _, fields, scores = self._get()
         return fields, scores
 
@@ -165,43 +264,4 @@ class PatchStream:
         return (
             f"PatchStream({self.path!r}, {state}, decode={self.decode_backend}, "
             f"process={self.process_backend})"
-        )
-
-
-def run_patch_stream(
-    config: PatchStreamConfig, resolved: ResolvedBackends, num_threads: int, path: str | None = None
-) -> PatchStream:
-    """Decode and select ``path`` (default: ``config.video_path``) with
-    backends already resolved: workers call this, one config for every video."""
-    decoded = decode_video(config, resolved, num_threads, path)
-    start = time.perf_counter()
-    frames = decoded.frames
-    if resolved.process_device != decoded.decode_device:
-        # cpu -> gpu, gpu -> cpu, or between two GPUs; gpu -> gpu on one
-        # device keeps the frames where they are.
-        frames = frames.to(resolved.process_device)
-    patches, fields, scores = select_video(frames, config, decoded.path, resolved.process_backend)
-    return PatchStream(
-        config, decoded, resolved, patches, fields, scores, time.perf_counter() - start
-    )
-
-
-def video_row(
-    config: PatchStreamConfig, resolved: ResolvedBackends, num_threads: int, path: str
-) -> dict[str, Any]:
-    """One video's row (DESIGN.md's schema): its tokens, or ``error`` set to
-    one line naming the file and the reason. Never raises for a bad video."""
-    from .pipeline._rows import error_row, success_row
-
-    try:
-        with run_patch_stream(config, resolved, num_threads, path) as session:
-            return success_row(session)
-    except Exception as err:  # every failure becomes an error row
-        return error_row(
-            path,
-            err,
-            config,
-            resolved.decode_backend,
-            resolved.process_backend,
-            resolved.decode_fallback,
         )

@@ -204,7 +204,7 @@ def _job_rows(output: str, paths: list[str]) -> list[dict[str, Any]]:
             for row in pq.read_table(f, columns=columns).to_pylist():
                 if row["path"] in wanted:
                     found[wanted[row["path"]]] = {**row, "path": wanted[row["path"]]}
-    for path, reason in iter_errors(output, written):
+    for path, reason, _ in iter_errors(output, written):
         if path in wanted and wanted[path] not in found:
             found[wanted[path]] = {"path": wanted[path], "error": reason,
                                    "decode_backend": None, "process_backend": None}  # fmt: skip

@@ -68,15 +68,14 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_ffmpeg_threads(concurrent_videos: int = 1) -> int:
-    """FFmpeg threads per video so ``concurrent_videos`` decodes fill the cores once."""
-    return max(1, usable_cores() // max(1, concurrent_videos))
-
-
-def ffmpeg_threads_for(config, concurrent_videos: int = 1) -> int:
-    """FFmpeg threads per video: ``config.ffmpeg_threads`` when set, else
-    :func:`default_ffmpeg_threads` for ``concurrent_videos`` decodes at once."""
-    return config.ffmpeg_threads or default_ffmpeg_threads(concurrent_videos)
+def decode_threads(config, concurrent_videos: int = 1, cores: float | None = None) -> int:
+    """FFmpeg threads per video, the one rule: ``config.ffmpeg_threads`` when
+    set, else the ``cores`` a worker holds (this process's usable cores by
+    default; a Ray actor's CPUs) shared by its ``concurrent_videos``."""
+    if config.ffmpeg_threads:
+        return config.ffmpeg_threads
+    available = usable_cores() if cores is None else cores
+    return max(1, int(available) // max(1, concurrent_videos))
 
 
 def cuda_device_count() -> int:

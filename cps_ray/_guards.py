@@ -33,7 +33,9 @@ class Limits:
 
     def check_time(self) -> None:
         if self._deadline is not None and time.monotonic() > self._deadline:
-            raise DecodeError(self.path, f"timed out after {self.timeout_s:g} s (decode_timeout_s)")
+            raise DecodeError(
+                self.path, f"timed out after {self.timeout_s:g} s (decode_timeout_s)", "timeout"
+            )
 
     def check_size(self, height, width) -> None:
         """``height x width`` is a frame size; unknown (None or 0) passes."""
@@ -44,11 +46,14 @@ class Limits:
             raise DecodeError(
                 self.path,
                 f"frame size {w}x{h} = {w * h} pixels exceeds max_pixels ({self.max_pixels})",
+                "too_large",
             )
         # FFmpeg's own limit (av_image_check_size); past it FFmpeg fails with
         # unrelated messages ("Device or resource busy" for a Y4M header).
         if (w + 128) * (h + 128) >= (2**31 - 1) // 8:
-            raise DecodeError(self.path, f"frame size {w}x{h} is larger than FFmpeg can decode")
+            raise DecodeError(
+                self.path, f"frame size {w}x{h} is larger than FFmpeg can decode", "too_large"
+            )
 
 
 def declared_size(head: bytes) -> tuple[int, int] | None:
@@ -85,37 +90,40 @@ def check_file(path: str) -> bytes:
     except FileNotFoundError:
         if os.path.islink(path):
             target = os.readlink(path)
-            raise DecodeError(path, f"file not found: broken symbolic link to {target!r}") from None
-        raise DecodeError(path, "file not found") from None
+            raise DecodeError(
+                path, f"file not found: broken symbolic link to {target!r}", "missing"
+            ) from None
+        raise DecodeError(path, "file not found", "missing") from None
     except PermissionError:
-        raise DecodeError(path, "permission denied") from None
+        raise DecodeError(path, "permission denied", "unreadable") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        raise DecodeError(path, f"cannot stat the file ({getattr(e, 'strerror', e)})") from None
+        reason = f"cannot stat the file ({getattr(e, 'strerror', e)})"
+        raise DecodeError(path, reason, "unreadable") from None
     _check_mode(path, st)
     try:
         # O_NONBLOCK: if the path became a FIFO since the stat, do not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except PermissionError:
-        raise DecodeError(path, "permission denied") from None
+        raise DecodeError(path, "permission denied", "unreadable") from None
     except OSError as e:
-        raise DecodeError(path, f"cannot open the file ({e.strerror})") from None
+        raise DecodeError(path, f"cannot open the file ({e.strerror})", "unreadable") from None
     try:
         _check_mode(path, os.fstat(fd))
         return os.read(fd, _HEAD_BYTES)
     except OSError as e:
-        raise DecodeError(path, f"cannot read the file ({e.strerror})") from None
+        raise DecodeError(path, f"cannot read the file ({e.strerror})", "unreadable") from None
     finally:
         os.close(fd)
 
 
 def _check_mode(path: str, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
-        raise DecodeError(path, "is a directory, not a video file")
+        raise DecodeError(path, "is a directory, not a video file", "unreadable")
     for test, kind in _NOT_REGULAR:
         if test(st.st_mode):
-            raise DecodeError(path, f"is {kind}, not a regular file")
+            raise DecodeError(path, f"is {kind}, not a regular file", "unreadable")
     if not stat.S_ISREG(st.st_mode):
-        raise DecodeError(path, "is not a regular file")
+        raise DecodeError(path, "is not a regular file", "unreadable")
     if st.st_size == 0:
         raise DecodeError(path, "empty file (0 bytes)")
 

@@ -61,7 +61,11 @@ def redact(path: str) -> str:
 
 
 class _Permanent(Exception):
-    """A failure another try cannot cure."""
+    """A failure another try cannot cure, of an error kind (see :mod:`cps_ray.errors`)."""
+
+    def __init__(self, reason: str, kind: str = "unreadable"):
+        super().__init__(reason)
+        self.kind = kind
 
 
 def _open_stream(uri: str):
@@ -75,7 +79,7 @@ def _open_stream(uri: str):
             response = urllib.request.urlopen(uri, timeout=60)  # noqa: S310 (the user's input)
         except urllib.error.HTTPError as err:
             if err.code == 404:
-                raise _Permanent("object not found (HTTP 404)") from None
+                raise _Permanent("object not found (HTTP 404)", "missing") from None
             if err.code in (401, 403):
                 raise _Permanent(f"access denied (HTTP {err.code})") from None
             raise
@@ -96,7 +100,7 @@ def _open_stream(uri: str):
             raise _Permanent("access denied") from None
         raise
     if info.type == pafs.FileType.NotFound:
-        raise _Permanent("object not found")
+        raise _Permanent("object not found", "missing")
     if info.type == pafs.FileType.Directory:
         raise _Permanent("is a folder (prefix), not an object")
     return fs.open_input_stream(path), info.size
@@ -109,12 +113,13 @@ def _fsspec(uri: str, why: BaseException):
         import pyarrow.fs as pafs
     except ImportError:
         raise _Permanent(
-            f"no filesystem for {uri.split('://', 1)[0]}:// (pyarrow: {why}; fsspec not installed)"
+            f"no filesystem for {uri.split('://', 1)[0]}:// (pyarrow: {why}; fsspec not installed)",
+            "unsupported",
         ) from None
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ValueError, ImportError) as err:
-        raise _Permanent(f"no filesystem for this URI ({err})") from None
+        raise _Permanent(f"no filesystem for this URI ({err})", "unsupported") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
@@ -129,7 +134,8 @@ def _copy_once(uri: str, target, check_time) -> None:
     if size is not None and size > SPILL_MAX_BYTES:
         raise _Permanent(
             f"object of {size} bytes exceeds the spill limit of {SPILL_MAX_BYTES} bytes "
-            "(CPS_RAY_SPILL_MAX_BYTES)"
+            "(CPS_RAY_SPILL_MAX_BYTES)",
+            "too_large",
         )
     copied = 0
     with stream:
@@ -140,12 +146,14 @@ def _copy_once(uri: str, target, check_time) -> None:
                 break
             copied += len(chunk)
             if copied > SPILL_MAX_BYTES:
-                raise _Permanent(f"object exceeds the spill limit of {SPILL_MAX_BYTES} bytes")
+                raise _Permanent(
+                    f"object exceeds the spill limit of {SPILL_MAX_BYTES} bytes", "too_large"
+                )
             target.write(chunk)
     if size is not None and copied != size:
         raise OSError(f"read {copied} of {size} bytes (the object was cut short)")
     if copied == 0:
-        raise _Permanent("empty object (0 bytes)")
+        raise _Permanent("empty object (0 bytes)", "corrupt")
 
 
 @contextmanager
@@ -165,14 +173,14 @@ def local_copy(uri: str, check_time=lambda: None) -> Iterator[str]:
                 _copy_once(uri, handle, check_time)
                 break
             except _Permanent as err:
-                raise DecodeError(shown, str(err)) from None
+                raise DecodeError(shown, str(err), err.kind) from None
             except DecodeError as err:  # the deadline
-                raise DecodeError(shown, err.reason) from None
+                raise DecodeError(shown, err.reason, err.kind) from None
             except (OSError, TimeoutError, ConnectionError) as err:
                 if attempt + 1 == TRIES:
                     text = " ".join(str(err).replace(uri, shown).split())[:200]
                     raise DecodeError(
-                        shown, f"remote read failed after {TRIES} tries: {text}"
+                        shown, f"remote read failed after {TRIES} tries: {text}", "remote"
                     ) from None
                 time.sleep(BACKOFF_S * 2**attempt)
         handle.close()

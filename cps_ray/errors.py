@@ -1,6 +1,34 @@
-"""Errors callers may catch. Every one derives from :class:`CpsRayError`."""
+"""Errors callers may catch. Every one derives from :class:`CpsRayError`.
+
+A video that fails carries a *kind*, set where the error is raised and kept
+in its error row (``error_kind``):
+
+==============  ============================================================
+``missing``     no such file or object (a broken link, a 404)
+``unreadable``  it exists but cannot be read: permission, not a regular file
+``unsupported`` no video stream, or one this decoder or device cannot decode
+``corrupt``     not a video, or too damaged to decode
+``too_large``   larger than ``max_pixels``, FFmpeg's limit or the spill limit
+``timeout``     past ``decode_timeout_s``
+``crashed``     its decoder process died, or could not start
+``remote``      an object store or server failed after bounded tries
+``internal``    anything else: a bug, reported with its exception type
+==============  ============================================================
+
+``timeout``, ``crashed`` and ``remote`` are :data:`TRANSIENT_KINDS`: a later
+run may cure them (``--retry-failed`` decodes them again).
+"""
 
 from __future__ import annotations
+
+from typing import Literal, get_args
+
+ErrorKind = Literal[
+    "missing", "unreadable", "unsupported", "corrupt", "too_large", "timeout", "crashed",
+    "remote", "internal",
+]  # fmt: skip
+ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
+TRANSIENT_KINDS = frozenset({"timeout", "crashed", "remote"})
 
 
 class CpsRayError(Exception):
@@ -52,12 +80,19 @@ def printable_path(path: str) -> str:
 
 class DecodeError(CpsRayError):
     """A video could not be decoded. The message is one line naming the file
-    (control characters in its name escaped); ``path`` is the name as given."""
+    (control characters in its name escaped); ``path`` is the name as given,
+    ``kind`` one of :data:`ERROR_KINDS`."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: ErrorKind = "corrupt"):
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {kind!r}; known: {ERROR_KINDS}")
         self.path = path
         self.reason = " ".join(str(reason).split())
+        self.kind = kind
         super().__init__(f"{printable_path(str(path))}: {self.reason}")
+
+    def __reduce__(self):  # pickled across processes with its kind
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 class SessionClosedError(CpsRayError):

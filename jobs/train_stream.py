@@ -1,7 +1,9 @@
 """A short training run fed by the patch pipeline: a tiny transformer over the
 kept patches learns to fill in masked ones (their pixels, from the others and
 the (t, row, col) positions). It prints samples/s and the share of the time
-the loop waited for data.
+the loop waited for data. The model is this job's own; the feeding is the
+library's (``patch_dataset`` or ``shard_dataset``, ``TrainingBatches``,
+``Lockstep``, ``train_on_workers``).
 
     python jobs/train_stream.py --input videos/ --steps 20 --batch-size 4
     python jobs/train_stream.py --input out/            # shards of preprocess.py
@@ -9,23 +11,19 @@ the loop waited for data.
     ray job submit --address http://127.0.0.1:8265 --working-dir . \
         -- python jobs/train_stream.py --input /data/videos --num-workers 8 --use-gpu
 
-With ``--num-workers N`` it trains on N Ray Train workers (``TorchTrainer``,
-data-parallel; one GPU each with ``--use-gpu``), each reading its own share of
-the dataset, in lockstep (see :mod:`cps_ray.pipeline._train`), with a
+With ``--num-workers N`` it trains on N Ray Train workers (data-parallel; one
+GPU each with ``--use-gpu``), each on its own share, in lockstep, with a
 checkpoint at every epoch end; started again with the same
 ``--checkpoint-dir`` and ``--run-name`` it continues from the last one.
-Without it, the driver trains in one process.
-
-IN is a folder of videos, a manifest or a glob (decoded and selected on the
-fly by ``patch_dataset``), or the output folder of ``jobs/preprocess.py``
-(its shards are read, nothing is decoded). The pipeline is iterated again
-when it runs out before ``--steps``; that restart counts as waiting.
+IN is videos (a folder, a manifest, a glob: decoded on the fly) or the
+output of ``jobs/preprocess.py`` (its shards: nothing is decoded).
 """
 
 import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +35,9 @@ except ImportError:  # a checkout whose package is not installed: use it, here a
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from cps_ray import PatchStreamConfig, TrainingBatches  # noqa: E402
+from cps_ray import PatchStreamConfig, TrainingBatches, patch_dataset, shard_dataset  # noqa: E402
 from cps_ray.jobs import (  # noqa: E402
     JobError,
     add_address_option,
@@ -47,125 +46,256 @@ from cps_ray.jobs import (  # noqa: E402
     add_pool_options,
     config_from_args,
     connect_ray,
-    find_inputs,
     non_negative_int,
     pipeline_options_from_args,
     positive_int,
     run_entry_point,
 )
-from cps_ray.pipeline import shard_dataset, train_on_workers  # noqa: E402
-from cps_ray.pipeline._inputs import is_manifest  # noqa: E402
-from cps_ray.pipeline._listing import is_listing  # noqa: E402
-from cps_ray.pipeline._output import read_manifest  # noqa: E402
-from cps_ray.pipeline._train import TinyPatchTransformer, masked_loss  # noqa: E402
+from cps_ray.pipeline import Lockstep, train_on_workers  # noqa: E402
 
 
-def _output_manifest(spec: str) -> dict | None:
-    """The manifest of the preprocess output ``spec`` names, or ``None``: a
-    folder or URI prefix without one holds videos to list."""
-    if not is_listing(spec):
-        return None
-    try:
-        return read_manifest(spec)
-    except ValueError:  # a scheme with no pyarrow filesystem (https://): videos, not an output
-        return None
+class TinyPatchTransformer(nn.Module):
+    """float ``[B, k, 3, p, p]`` patches, int ``[B, k, 3]`` (t, row, col) and a
+    bool ``[B, k]`` mask of hidden tokens -> float ``[B, k, 3 p p]`` pixels."""
+
+    def __init__(self, config: PatchStreamConfig, dim: int, depth: int, heads: int):
+        super().__init__()
+        values = 3 * config.patch_size**2
+        self.embed = nn.Linear(values, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.pos_t = nn.Embedding(config.sequence_length, dim)
+        self.pos_row = nn.Embedding(config.grid_size, dim)
+        self.pos_col = nn.Embedding(config.grid_size, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, values)
+
+    def forward(self, patches, fields, mask):
+        x = self.embed(patches.flatten(2))
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        t, row, col = fields.long().unbind(-1)
+        x = x + self.pos_t(t) + self.pos_row(row) + self.pos_col(col)
+        return self.head(self.norm(self.encoder(x)))
+
+
+def masked_loss(model, batch, mask_ratio: float):
+    """Mean squared error on the pixels of a random ``mask_ratio`` of the tokens."""
+    patches = batch["patches"].float()
+    b, k = patches.shape[:2]
+    order = torch.rand(b, k, device=patches.device).argsort(dim=1)
+    mask = torch.zeros(b, k, dtype=torch.bool, device=patches.device)
+    mask.scatter_(1, order[:, : max(1, round(mask_ratio * k))], True)
+    predicted = model(patches, batch["meta_fields"], mask)
+    return ((predicted - patches.flatten(2)) ** 2)[mask].mean()
+
+
+def _unwrapped(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _report(metrics, model, optimizer, epoch, step, rank) -> None:
+    """``ray.train.report`` from every worker; rank 0 attaches the checkpoint."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        state = {"model": _unwrapped(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "step": step}  # fmt: skip
+        torch.save(state, os.path.join(folder, "state.pt"))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(options: dict) -> None:
+    """One Ray Train worker: epochs over its share, in lockstep; the last
+    report carries every worker's record (rank 0's metrics are the result)."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    rank, device = context.get_world_rank(), ray.train.torch.get_device()
+    torch.manual_seed(options["seed"])  # the same initial weights on every worker
+    config = PatchStreamConfig(**options["stream_config"])
+    model = TinyPatchTransformer(config, options["dim"], options["depth"], options["heads"])
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options["lr"])
+    epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu")
+        _unwrapped(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step = state["epoch"] + 1, state["step"]
+    torch.manual_seed(options["seed"] * 1000 + rank + 1)  # masks differ between workers
+    shard = ray.train.get_dataset_shard("train")
+    record = {"rank": rank, "device": str(device), "samples": 0, "steps": 0, "skipped": 0,
+              "dropped": 0, "paths": [], "epochs": [], "resumed_at_step": step, "losses": [],
+              "wait_seconds": 0.0, "compute_seconds": 0.0, "first_wait_seconds": None}  # fmt: skip
+    epochs, max_steps = options["epochs"], options["steps"]
+    while (epochs is None or epoch < epochs) and (max_steps is None or step < max_steps):
+        feed = TrainingBatches(shard, options["batch_size"], device=device, prefetch_batches=2)
+        steps = Lockstep(feed)
+        asked = time.perf_counter()
+        for batch in steps:
+            fetched = time.perf_counter()
+            loss = masked_loss(model, batch, options["mask_ratio"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            record["losses"].append(loss.item())  # waits for the device: compute timed whole
+            if record["first_wait_seconds"] is None:
+                record["first_wait_seconds"] = fetched - asked
+            else:
+                record["wait_seconds"] += fetched - asked
+                record["compute_seconds"] += time.perf_counter() - fetched
+            record["samples"] += len(batch["path"])
+            record["paths"].extend(batch["path"])
+            step += 1
+            record["steps"] += 1
+            asked = time.perf_counter()
+            if max_steps is not None and step >= max_steps:
+                break
+        record["skipped"] += feed.skipped
+        record["dropped"] += steps.dropped_rows
+        record["epochs"].append({"epoch": epoch, "steps": steps.steps,
+                                 "dropped": steps.dropped_rows})  # fmt: skip
+        if (steps.steps == 0 or (epochs is not None and epoch + 1 >= epochs)
+                or (max_steps is not None and step >= max_steps)):  # fmt: skip
+            break
+        loss = record["losses"][-1] if record["losses"] else None
+        _report({"epoch": epoch, "step": step, "loss": loss}, model, optimizer, epoch, step, rank)
+        epoch += 1
+    gathered = [None] * context.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(gathered, record)
+    else:
+        gathered = [record]
+    metrics = {"epoch": epoch, "step": step, "workers": gathered if rank == 0 else []}
+    _report(metrics, model, optimizer, epoch, step, rank)
+
+
+def _share(part: float, whole: float):
+    return round(part / whole, 4) if whole > 0 else None
+
+
+def _summary(workers: list[dict], fit_seconds: float) -> dict:
+    records = []
+    for w in sorted(workers, key=lambda r: r["rank"]):
+        steady, first = w["wait_seconds"] + w["compute_seconds"], w["first_wait_seconds"] or 0.0
+        records.append({
+            **{k: w[k] for k in ("rank", "device", "samples", "steps", "skipped", "dropped",
+                                 "resumed_at_step", "epochs", "paths")},
+            "data_wait_share": _share(w["wait_seconds"], steady),
+            "first_batch_seconds": round(first, 3), "seconds": round(steady + first, 3),
+            "loss_first": w["losses"][0] if w["losses"] else None,
+            "loss_last": w["losses"][-1] if w["losses"] else None,
+        })  # fmt: skip
+    samples = sum(r["samples"] for r in records)
+    seconds = max((r["seconds"] for r in records), default=0.0)
+    waits = [r["data_wait_share"] for r in records if r["data_wait_share"] is not None]
+    return {
+        "num_workers": len(records), "samples": samples,
+        "steps": max((r["steps"] for r in records), default=0),
+        "dropped": sum(r["dropped"] for r in records), "seconds": round(seconds, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "samples_per_second": round(samples / seconds, 3) if seconds else None,
+        "data_wait_share": round(sum(waits) / len(waits), 4) if waits else None,
+        "workers": records,
+    }  # fmt: skip
 
 
 def build_dataset(args, **pool_options):
     """(dataset, config, whether it is shards): the shards of a preprocess
-    output (a folder or a URI holding a manifest), or the live pipeline
-    (``pool_options`` go to ``patch_dataset``)."""
-    manifest = _output_manifest(args.input)
+    output (a folder or URI holding a manifest), or the live pipeline."""
+    from cps_ray.pipeline._output import read_manifest
+
+    try:
+        manifest = read_manifest(args.input)
+    except (OSError, ValueError):  # not an output (no pyarrow filesystem, say): videos
+        manifest = None
     if manifest is not None:
         if not manifest["shards"]:
             raise JobError(f"{args.input!r} holds no shards (every video failed?)")
         return shard_dataset(args.input), PatchStreamConfig(**manifest["config"]), True
-    from cps_ray import patch_dataset
-
     config = config_from_args(args)
     options = {**pipeline_options_from_args(args), **pool_options}
-    # A manifest, folder or prefix streams through Ray Data; a glob is listed here.
-    streamed = is_manifest(args.input) or is_listing(args.input)
-    inputs = args.input if streamed else find_inputs(args.input)
-    return patch_dataset(inputs, config, **options), config, False
+    return patch_dataset(args.input, config, **options), config, False
 
 
-def batches_forever(ds, batch_size: int, device: str):
-    """Training batches, iterating ``ds`` again each time it runs out."""
-    while True:
-        feed = TrainingBatches(ds, batch_size, device=device, drop_last=False)
-        produced = 0
-        for batch in feed:
-            produced += 1
-            yield batch
-        if produced == 0:
-            raise JobError(f"no video could be used ({feed.skipped} failed)")
+def worker_cpus(args, cluster_cpus: float) -> float:
+    """``--worker-cpus``, or by default what leaves the pipeline a CPU (at most 1 each)."""
+    if args.worker_cpus is not None:
+        return args.worker_cpus
+    return max(0.25, min(1.0, (cluster_cpus - 1.0) / args.num_workers))
 
 
 def train_workers(args) -> dict:
-    """``--num-workers N``: Ray Train workers over the dataset's shards."""
+    """``--num-workers N``: Ray Train workers over the dataset."""
+    import ray
+
     connect_ray(args.address)
-    reserve = {"reserve_cpus": args.num_workers * args.worker_cpus}
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    each = worker_cpus(args, cpus)
+    if cpus - args.num_workers * each < 0.5:
+        raise JobError(
+            f"--num-workers {args.num_workers} x --worker-cpus {each:g} leaves "
+            f"{cpus - args.num_workers * each:g} of the cluster's {cpus:g} CPUs to the pipeline, "
+            "which needs at least 0.5: lower --worker-cpus or --num-workers"
+        )
+    reserve = {"reserve_cpus": args.num_workers * each}
     if args.use_gpu:
         reserve["reserve_gpus"] = float(args.num_workers)
     ds, config, shards = build_dataset(args, **reserve)
-    options = {
-        "batch_size": args.batch_size, "epochs": args.epochs,
-        "steps": None if args.epochs is not None else args.steps, "lr": args.lr,
-        "dim": args.dim, "depth": args.depth, "heads": args.heads,
-        "mask_ratio": args.mask_ratio, "seed": args.seed, "prefetch_batches": 2,
-    }  # fmt: skip
+    import dataclasses
+
+    options = {"batch_size": args.batch_size, "epochs": args.epochs,
+               "steps": None if args.epochs is not None else args.steps, "lr": args.lr,
+               "dim": args.dim, "depth": args.depth, "heads": args.heads,
+               "mask_ratio": args.mask_ratio, "seed": args.seed,
+               "stream_config": dataclasses.asdict(config)}  # fmt: skip
     storage = args.checkpoint_dir
     if storage and "://" not in storage:
         storage = os.path.abspath(storage)
-    summary = train_on_workers(
-        ds, config, options, num_workers=args.num_workers, use_gpu=args.use_gpu,
-        worker_cpus=args.worker_cpus, storage_path=storage, run_name=args.run_name,
-        error_rows=not shards,
+    result, failed, seconds = train_on_workers(
+        ds, train_loop_per_worker, options, num_workers=args.num_workers, use_gpu=args.use_gpu,
+        worker_cpus=each, storage_path=storage, run_name=args.run_name, error_rows=not shards,
     )  # fmt: skip
+    summary = _summary(result.metrics["workers"], seconds)
+    summary.update(failed=len(failed), failures=failed,
+                   checkpoint=result.checkpoint.path if result.checkpoint else None)  # fmt: skip
     for w in summary["workers"]:
-        wait = w["data_wait_share"]
-        print(
-            f"worker {w['rank']} on {w['device']}: {w['steps']} steps, {w['samples']} samples, "
-            f"{w['dropped']} dropped at epoch ends; "
-            f"waiting for data {'n/a' if wait is None else f'{100 * wait:.1f}%'} after the "
-            f"first batch ({w['first_batch_seconds']:.2f} s); loss {w['loss_first']} -> "
-            f"{w['loss_last']}"
-        )
-    print(
-        f"train_stream: {summary['num_workers']} workers, {summary['samples']} samples in "
-        f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s; "
-        f"{summary['failed']} videos failed (left out before the split)"
-    )
-    return _written(summary, args.json)
-
-
-def _written(summary: dict, path: str | None) -> dict:
-    """``summary``, also written as JSON to ``path`` when one is given."""
-    if path:
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2)
+        wait = "n/a" if w["data_wait_share"] is None else f"{100 * w['data_wait_share']:.1f}%"
+        print(f"worker {w['rank']} on {w['device']}: {w['steps']} steps, {w['samples']} "
+              f"samples, {w['dropped']} dropped at epoch ends; waiting for data {wait} after "
+              f"the first batch ({w['first_batch_seconds']:.2f} s); loss {w['loss_first']} -> "
+              f"{w['loss_last']}")  # fmt: skip
+    print(f"train_stream: {summary['num_workers']} workers, {summary['samples']} samples in "
+          f"{summary['seconds']:.2f} s: {summary['samples_per_second']} samples/s; "
+          f"{summary['failed']} videos failed (left out before the split)")  # fmt: skip
     return summary
 
 
 def train(args) -> dict:
     if args.num_workers:
-        return train_workers(args)
+        return _written(train_workers(args), args.json)
     if args.steps is None:
         raise JobError("--epochs needs --num-workers; the one-process loop counts --steps")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
     torch.manual_seed(args.seed)
     connect_ray(args.address)
     ds, config, _ = build_dataset(args)
-    model = TinyPatchTransformer(config, args.dim, args.depth, args.heads).to(args.device)
+    model = TinyPatchTransformer(config, args.dim, args.depth, args.heads).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    print(
-        f"train_stream: {sum(p.numel() for p in model.parameters())} parameters on "
-        f"{args.device}; tokens per sample {config.k_keep}, T={config.sequence_length} "
-        f"S={config.input_size} p={config.patch_size}"
-    )
-    batches = batches_forever(ds, args.batch_size, args.device)
+    print(f"train_stream: {sum(p.numel() for p in model.parameters())} parameters on {device}; "
+          f"tokens per sample {config.k_keep}, T={config.sequence_length} "
+          f"S={config.input_size} p={config.patch_size}")  # fmt: skip
+    batches = _batches_forever(ds, args.batch_size, device)
     waits, computes, losses, samples = [], [], [], 0
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
@@ -176,38 +306,46 @@ def train(args) -> dict:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())  # .item() waits for the device: compute is timed whole
-        done = time.perf_counter()
         waits.append(fetched - started)
-        computes.append(done - fetched)
+        computes.append(time.perf_counter() - fetched)
         samples += len(batch["path"])
-        print(
-            f"step {step}/{args.steps}  loss {losses[-1]:.5f}  batch {len(batch['path'])}  "
-            f"data wait {waits[-1]:.3f} s  compute {computes[-1]:.3f} s"
-        )
-    total = sum(waits) + sum(computes)
-    steady = sum(waits[1:]) + sum(computes[1:])
+        print(f"step {step}/{args.steps}  loss {losses[-1]:.5f}  batch {len(batch['path'])}  "
+              f"data wait {waits[-1]:.3f} s  compute {computes[-1]:.3f} s")  # fmt: skip
+    total, steady = sum(waits) + sum(computes), sum(waits[1:]) + sum(computes[1:])
     summary = {
-        "steps": args.steps,
-        "samples": samples,
-        "seconds": round(total, 3),
+        "steps": args.steps, "samples": samples, "seconds": round(total, 3),
         "samples_per_second": round(samples / total, 3) if total else None,
         "data_wait_share": round(sum(waits) / total, 4) if total else None,
         "first_batch_seconds": round(waits[0], 3),
         "data_wait_share_after_first": round(sum(waits[1:]) / steady, 4) if steady else None,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "device": args.device,
-    }
+        "loss_first": losses[0], "loss_last": losses[-1], "device": device,
+    }  # fmt: skip
     after = summary["data_wait_share_after_first"]
-    print(
-        f"train_stream: {samples} samples in {total:.2f} s: "
-        f"{summary['samples_per_second']} samples/s; waiting for data "
-        f"{100 * summary['data_wait_share']:.1f}% of the time (first batch "
-        f"{waits[0]:.2f} s, pipeline start-up included; after it "
-        f"{'n/a' if after is None else f'{100 * after:.1f}%'}); "
-        f"loss {losses[0]:.5f} -> {losses[-1]:.5f}"
-    )
+    print(f"train_stream: {samples} samples in {total:.2f} s: {summary['samples_per_second']} "
+          f"samples/s; waiting for data {100 * summary['data_wait_share']:.1f}% of the time "
+          f"(first batch {waits[0]:.2f} s, pipeline start-up included; after it "
+          f"{'n/a' if after is None else f'{100 * after:.1f}%'}); "
+          f"loss {losses[0]:.5f} -> {losses[-1]:.5f}")  # fmt: skip
     return _written(summary, args.json)
+
+
+def _batches_forever(ds, batch_size: int, device: str):
+    """Training batches, iterating ``ds`` again each time it runs out."""
+    while True:
+        feed = TrainingBatches(ds, batch_size, device=device)
+        produced = 0
+        for batch in feed:
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise JobError(f"no video could be used ({feed.skipped} failed)")
+
+
+def _written(summary: dict, path: str | None) -> dict:
+    if path:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,42 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a tiny patch-token transformer for a few steps on the pipeline's "
         "batches; print samples/s and the share of time spent waiting for data.",
     )
-    parser.add_argument(
-        "--input", required=True, metavar="IN",
-        help="videos (a folder, a manifest or a glob), or a jobs/preprocess.py output "
-        "folder (its manifest's config then applies)",
-    )  # fmt: skip
+    parser.add_argument("--input", required=True, metavar="IN",
+                        help="videos (a folder, a manifest or a glob), or a jobs/preprocess.py "
+                        "output folder (its manifest's config then applies)")  # fmt: skip
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, default=None, help="training steps (20)")
-    length.add_argument(
-        "--epochs", type=positive_int, default=None,
-        help="passes over the data instead of --steps (needs --num-workers)",
-    )  # fmt: skip
-    workers = parser.add_argument_group("Ray Train (many workers)")
-    workers.add_argument(
-        "--num-workers", type=non_negative_int, default=0, metavar="N",
-        help="Ray Train workers, data-parallel, each on its own share (0: train in this process)",
-    )  # fmt: skip
-    workers.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    workers.add_argument(
-        "--worker-cpus", type=float, default=1.0, metavar="C",
-        help="CPUs each worker holds; the pipeline's pools get the rest (1)",
-    )  # fmt: skip
-    workers.add_argument(
-        "--checkpoint-dir", metavar="DIR",
-        help="where runs and checkpoints are kept (Ray's default: ~/ray_results); the same "
-        "DIR and --run-name continue a run from its last checkpoint",
-    )  # fmt: skip
-    workers.add_argument("--run-name", default=None, help="the run's name under DIR")
+    length.add_argument("--epochs", type=positive_int, default=None,
+                        help="passes over the data instead of --steps (needs --num-workers)")
+    group = parser.add_argument_group("Ray Train (many workers)")
+    group.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
+                       help="Ray Train workers, data-parallel (0: train in this process)")
+    group.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    group.add_argument("--worker-cpus", type=float, default=None, metavar="C",
+                       help="CPUs each worker holds (default: what leaves the pipeline one "
+                       "CPU, at most 1)")  # fmt: skip
+    group.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="where runs and checkpoints are kept (Ray's default: ~/ray_results); "
+                       "the same DIR and --run-name continue a run")  # fmt: skip
+    group.add_argument("--run-name", default=None, help="the run's name under DIR")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="videos per step (4)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if any)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
     parser.add_argument("--dim", type=positive_int, default=64, help="token width (64)")
     parser.add_argument("--depth", type=positive_int, default=2, help="encoder layers (2)")
     parser.add_argument("--heads", type=positive_int, default=4, help="attention heads (4)")
-    parser.add_argument(
-        "--mask-ratio", type=float, default=0.25, help="share of tokens to fill in (0.25)"
-    )
+    parser.add_argument("--mask-ratio", type=float, default=0.25,
+                        help="share of tokens to fill in (0.25)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (0)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     add_address_option(parser)
@@ -268,10 +396,15 @@ def main(argv=None) -> int:
         parser.error(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     if args.dim % args.heads:
         parser.error(f"--dim ({args.dim}) must be a multiple of --heads ({args.heads})")
-    if not args.worker_cpus > 0:
+    if args.worker_cpus is not None and not args.worker_cpus > 0:
         parser.error(f"--worker-cpus must be > 0, got {args.worker_cpus}")
     if args.steps is None and args.epochs is None:
         args.steps = 20
+    if __name__ != "__main__" and __name__ in sys.modules:
+        # Imported by name (a notebook): Ray's workers could not import it back.
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
     return run_entry_point("train_stream.py", train, args)
 
 

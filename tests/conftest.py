@@ -109,7 +109,7 @@ def ray_session():
 def attached_env(ray_session):
     """The environment of a driver process that joins the session's Ray (as
     a script run with ``RAY_ADDRESS`` on a cluster does): no Ray of its own
-    to start, and the node's zygote is already warm."""
+    to start, and Ray already runs."""
     address = ray_session.get_runtime_context().gcs_address
     return {**os.environ, **CPU_VIEW, "RAY_ADDRESS": address, "RAY_USAGE_STATS_ENABLED": "0"}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cps_ray import PatchStreamConfig
 from cps_ray.pipeline._isolation import IsolatedWorker
-from cps_ray.pipeline._stages import DECODE_PRELOAD, FrameDecoder
+from cps_ray.pipeline._worker import CORE_PRELOAD, _frames_target
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 CONFIG = PatchStreamConfig(
@@ -63,19 +63,19 @@ class Outcome:
     path: Path
     ok: bool
     detail: str  # the reason, or the frames' shape
-
+    kind: str | None = None  # the error kind
     @property
     def contained(self) -> bool:
         """The child crashed or hung, and the parent turned it into an error."""
-        return not self.ok and ("decoder process died" in self.detail or "timed out" in self.detail)
+        return not self.ok and self.kind in ("crashed", "timeout")
 
 
 def decoder(timeout_s: float = 10.0) -> IsolatedWorker:
     return IsolatedWorker(
-        functools.partial(FrameDecoder, CONFIG, 1),
+        functools.partial(_frames_target, CONFIG, 1, None, 1),
         timeout_s=timeout_s,
         max_attempts=1,
-        preload=DECODE_PRELOAD,
+        preload=CORE_PRELOAD,
     )
 
 
@@ -84,30 +84,31 @@ def check(worker: IsolatedWorker, path: Path) -> Outcome:
     outcome that is neither frames nor a clear one-line error."""
     ok, value = worker.run(str(path))
     if ok:
-        frames, indices, stamps, _ = value
         t, s = CONFIG.sequence_length, CONFIG.input_size
-        assert frames.shape == (t, 3, s, s), (path, frames.shape)
-        assert indices.shape == (t,) and stamps.shape == (t,)
-        return Outcome(path, True, str(frames.shape))
-    assert isinstance(value, str) and value, (path, value)
-    assert "\n" not in value, (path, value)
-    assert value.startswith(str(path)), (path, value)
-    return Outcome(path, False, value)
+        assert value.frames.shape == (t, 3, s, s), (path, value.frames.shape)
+        assert value.frame_indices.shape == (t,) and value.timestamps.shape == (t,)
+        return Outcome(path, True, str(value.frames.shape))
+    reason, kind = value
+    assert isinstance(reason, str) and reason and kind, (path, value)
+    assert "\n" not in reason, (path, value)
+    assert reason.startswith(str(path)), (path, value)
+    return Outcome(path, False, reason, kind)
 
 
-def keep(mutant: Path, seed_name: str) -> Path:
-    """Copy a mutant that crashed or hung into tests/regressions/."""
-    REGRESSIONS.mkdir(exist_ok=True)
+def keep(mutant: Path, seed_name: str, folder: Path = REGRESSIONS) -> Path:
+    """Copy a mutant that crashed or hung into ``folder`` (tests/regressions/)."""
+    folder.mkdir(exist_ok=True)
     digest = hashlib.sha256(mutant.read_bytes()).hexdigest()[:12]
-    target = REGRESSIONS / f"{Path(seed_name).stem}-{digest}{mutant.suffix}"
+    target = folder / f"{Path(seed_name).stem}-{digest}{mutant.suffix}"
     if not target.exists():
         shutil.copyfile(mutant, target)
     return target
 
 
-def fuzz(seeds: list[Path], count: int, folder: Path, rng_seed: int = 0, log=None):
+def fuzz(seeds: list[Path], count: int, folder: Path, rng_seed: int = 0, log=None,
+         regressions: Path = REGRESSIONS):  # fmt: skip
     """``count`` mutants of ``seeds`` decoded one by one; returns the outcomes
-    and the regression files kept."""
+    and the regression files kept in ``regressions``."""
     rng = random.Random(rng_seed)
     folder.mkdir(parents=True, exist_ok=True)
     originals = {seed: seed.read_bytes() for seed in seeds}
@@ -121,7 +122,7 @@ def fuzz(seeds: list[Path], count: int, folder: Path, rng_seed: int = 0, log=Non
             outcome = check(worker, mutant)
             outcomes.append(outcome)
             if outcome.contained:
-                kept.append(keep(mutant, seed.name))
+                kept.append(keep(mutant, seed.name, regressions))
             if log:
                 log(f"{i:5d} {seed.name:14s} {'ok ' if outcome.ok else 'err'} {outcome.detail}")
     finally:

@@ -8,8 +8,8 @@ import torch
 
 from cps_ray import ConfigError, PatchStreamConfig, local_stream, patch_stream, row_patches
 from cps_ray._devices import override_cuda_device_count, override_nvdec_problem
+from cps_ray._rows import ROW_COLUMNS
 from cps_ray.errors import DeviceUnavailableError
-from cps_ray.pipeline import ROW_COLUMNS
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=10)
 GOOD = ["h264.mp4", "vp9.webm", "mpeg2.mpg", "short5.mp4"]

@@ -1,5 +1,6 @@
-"""Manifests streamed by Ray Data (``cps_ray.pipeline._manifests``) and the
-digest sets resume checks against (``cps_ray.pipeline._pathset``)."""
+"""Manifests read in chunks by one parser (``cps_ray.pipeline._inputs``),
+streamed by Ray Data, and the ledger and digest sets resume checks against
+(``cps_ray.pipeline._output``)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,15 @@ import pytest
 from pools import ONE_ACTOR
 
 from cps_ray import ConfigError, PatchStreamConfig
-from cps_ray.pipeline._inputs import local_path, read_manifest
-from cps_ray.pipeline._manifests import ManifestSource
-from cps_ray.pipeline._pathset import PathSet
+from cps_ray.pipeline._inputs import Manifest, input_paths
+from cps_ray.pipeline._output import Ledger, PathSet
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
 
 
-def _read(source: ManifestSource) -> list[str]:
-    """Every path the read tasks yield, in task order (run here, without Ray)."""
-    paths = []
-    for task in source.get_read_tasks(1):
-        for block in task():
-            paths += [local_path(p) for p in block.column("path").to_pylist()]
-    return paths
+def _read(manifest: Manifest) -> list[str]:
+    """Every path of every chunk, in chunk order (what the read tasks read)."""
+    return [p for chunk in manifest.chunks() for p in manifest.read(chunk)]
 
 
 TEXT = (
@@ -43,10 +39,10 @@ TEXT = (
 def test_text_manifest_cut_in_byte_ranges_reads_every_line_once(tmp_path, chunk):
     manifest = tmp_path / "list.txt"
     manifest.write_text(TEXT, encoding="utf-8")
-    source = ManifestSource(manifest, videos_per_block=3, chunk_bytes=chunk)
-    assert source.read_tasks == -(-manifest.stat().st_size // chunk)
+    source = Manifest(manifest, chunk_bytes=chunk)
+    assert len(source.chunks()) == -(-manifest.stat().st_size // chunk)
     got = _read(source)
-    assert got == read_manifest(str(manifest))
+    assert got == input_paths(str(manifest))
     assert got[0] == str(tmp_path / "a.mp4") and got[3] == str(tmp_path / "sub" / "c.mp4")
     assert len(got) == 6 + 200 + 1
 
@@ -54,15 +50,15 @@ def test_text_manifest_cut_in_byte_ranges_reads_every_line_once(tmp_path, chunk)
 def test_text_manifest_that_is_not_utf8_keeps_its_bytes(tmp_path):
     manifest = tmp_path / "list.txt"
     manifest.write_bytes(b"/videos/caf\xe9.mp4\n/videos/ok.mp4\n")
-    got = _read(ManifestSource(manifest, chunk_bytes=5))
+    got = _read(Manifest(manifest, chunk_bytes=5))
     assert got == [b"/videos/caf\xe9.mp4".decode("utf-8", "surrogateescape"), "/videos/ok.mp4"]
 
 
 def test_csv_manifest_streams_quoted_fields_with_newlines(tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text('label,path\n1,a.mp4\n2,"odd\nname.mp4"\n3,\n4,/abs/c.mp4\n')
-    source = ManifestSource(manifest, videos_per_block=2)
-    assert _read(source) == read_manifest(str(manifest))
+    source = Manifest(manifest)
+    assert _read(source) == input_paths(str(manifest))
     assert _read(source) == [str(tmp_path / "a.mp4"), str(tmp_path / "odd\nname.mp4"), "/abs/c.mp4"]
 
 
@@ -70,8 +66,8 @@ def test_parquet_manifest_one_task_per_row_group(tmp_path):
     manifest = tmp_path / "list.parquet"
     paths = [f"/videos/{i:04d}.mp4" for i in range(1000)]
     pq.write_table(pa.table({"path": paths, "n": list(range(1000))}), manifest, row_group_size=300)
-    source = ManifestSource(manifest, videos_per_block=8)
-    assert source.read_tasks == 4 and source.estimated_rows == 1000
+    source = Manifest(manifest)
+    assert len(source.chunks()) == 4 and source.estimated_rows == 1000
     assert _read(source) == paths
 
 
@@ -87,7 +83,7 @@ def test_bad_manifests_are_refused_before_any_read(tmp_path, name, content, mess
     if content is not None:
         manifest.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        ManifestSource(manifest)
+        Manifest(manifest)
 
 
 def test_a_uri_manifest_is_known_by_its_name_not_its_options():
@@ -101,30 +97,35 @@ def test_parquet_manifest_without_path_column(tmp_path):
     manifest = tmp_path / "list.parquet"
     pq.write_table(pa.table({"file": ["a.mp4"]}), manifest)
     with pytest.raises(ConfigError, match="Parquet manifest needs a 'path' column"):
-        ManifestSource(manifest)
+        Manifest(manifest)
 
 
 def test_a_short_manifest_still_gives_every_decode_actor_work(tmp_path):
     manifest = tmp_path / "list.txt"
     manifest.write_text("".join(f"/v/{'n' * 90}{i}.mp4\n" for i in range(14)))
-    assert ManifestSource(manifest).estimated_rows == 14  # counted, not guessed from bytes
+    assert Manifest(manifest).estimated_rows == 14  # counted, not guessed from bytes
 
 
 def test_a_block_screened_again_after_a_retry_is_not_lost(tmp_path):
-    """A read task that fails after the admission actor answered is run
-    again by Ray: its block must get the same paths through, counted once."""
-    from cps_ray.jobs._admit import _Admission
-
-    admission = _Admission(str(tmp_path / "out"), frozenset())
+    """A read task that fails after the ledger answered is run again by Ray:
+    its block must get the same paths through, counted once; so must a
+    write task's claim."""
+    ledger = Ledger(str(tmp_path / "out"), frozenset())
     block = pa.table({"path": ["/v/a.mp4", "/v/b.mp4", "/v/a.mp4"]})
-    first = admission.admit(block)
+    first = ledger.admit(block)
     assert first.column("path").to_pylist() == ["/v/a.mp4", "/v/b.mp4"]
-    assert admission.admit(block).equals(first)  # the retried task's block
-    assert admission.totals() == {"inputs": 2, "skipped": 0, "retried": 0}
+    assert ledger.admit(block).equals(first)  # the retried task's block
+    totals = ledger.totals()
+    assert (totals["inputs"], totals["skipped"], totals["retried"]) == (2, 0, 0)
     # A later block naming them again is screened as before.
-    later = admission.admit(pa.table({"path": ["/v/b.mp4", "/v/c.mp4"]}))
+    later = ledger.admit(pa.table({"path": ["/v/b.mp4", "/v/c.mp4"]}))
     assert later.column("path").to_pylist() == ["/v/c.mp4"]
-    assert admission.totals()["inputs"] == 3
+    assert ledger.totals()["inputs"] == 3
+    # Claims: one path, one row; a claim asked again gets the same answer.
+    assert ledger.claim(["/v/a.mp4", "/v/b.mp4", "/v/a.mp4"]) == [True, True, False]
+    assert ledger.claim(["/v/a.mp4", "/v/b.mp4", "/v/a.mp4"]) == [True, True, False]
+    assert ledger.claim(["/v/b.mp4", "/v/c.mp4"]) == [False, True]
+    assert ledger.totals()["duplicates"] == 2
 
 
 def test_pathset_membership_across_merges():
@@ -159,14 +160,14 @@ def test_streamed_job_never_lists_the_manifest_in_the_driver(ray_session, media,
     output holds is skipped on --resume, and the driver never lists the paths."""
     import json
 
-    import cps_ray.jobs._inputs
-    import cps_ray.pipeline._inputs
+    import cps_ray.jobs._preprocess
     from cps_ray.jobs import run_preprocess
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the manifest")
 
-    monkeypatch.setattr(cps_ray.pipeline._inputs, "read_manifest", refuse)
+    monkeypatch.setattr(cps_ray.jobs._preprocess, "input_paths", refuse)
+    monkeypatch.setattr(cps_ray.jobs._preprocess, "_in_memory", refuse)
     folder = media["h264.mp4"].parent
     first = tmp_path / "first.txt"
     first.write_text(f"{folder}/h264.mp4\n{folder}/./h264.mp4\n{folder}//broken/text.mp4\n")
@@ -204,8 +205,7 @@ def _video_folder(media, root):
 
 def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, monkeypatch):
     """A folder is listed by a task whose table stays in the object store."""
-    import cps_ray.pipeline._listing
-    import cps_ray.pipeline._manifests
+    import cps_ray.pipeline._inputs
     from cps_ray import local_stream, patch_dataset
 
     folder = _video_folder(media, tmp_path / "videos")
@@ -215,9 +215,9 @@ def test_patch_dataset_lists_a_folder_in_a_task(ray_session, media, tmp_path, mo
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the folder")
 
-    monkeypatch.setattr(cps_ray.pipeline._listing, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline._manifests, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline._manifests, "LISTING_ROWS_PER_TASK", 2)
+    # In the driver a folder is never listed: the task runs in a Ray worker.
+    monkeypatch.setattr(cps_ray.pipeline._inputs, "input_paths", refuse)
+    monkeypatch.setattr(cps_ray.pipeline._inputs, "LISTING_ROWS_PER_TASK", 2)
     rows = patch_dataset(str(folder), CFG, **ONE_ACTOR).take_all()
     assert [r["path"] for r in rows] == expected  # two read tasks, in order
     assert [r["error"] is None for r in rows] == [True, True, False]
@@ -235,18 +235,15 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
     decoded; an empty folder is refused and leaves the output untouched."""
     import shutil
 
-    import cps_ray.jobs._inputs
+    import cps_ray.jobs._preprocess
     import cps_ray.pipeline._dataset
-    import cps_ray.pipeline._listing
-    import cps_ray.pipeline._manifests
     from cps_ray.jobs import JobError, run_preprocess
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver listed the folder")
 
-    monkeypatch.setattr(cps_ray.pipeline._listing, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.pipeline._manifests, "list_videos", refuse)
-    monkeypatch.setattr(cps_ray.jobs._inputs, "find_inputs", refuse)
+    monkeypatch.setattr(cps_ray.jobs._preprocess, "input_paths", refuse)
+    monkeypatch.setattr(cps_ray.jobs._preprocess, "_in_memory", refuse)
     folder = _video_folder(media, tmp_path / "videos")
     out = tmp_path / "out"
     lines = []
@@ -276,7 +273,7 @@ def test_folder_job_is_listed_off_the_driver_and_resumes(ray_session, media, tmp
     third = run_preprocess(folder, out, CFG, rows_per_shard=1, resume=True, log=lines.append,
                            **ONE_ACTOR)  # fmt: skip
     assert (third["inputs"], third["skipped"], third["run"]["ok"]) == (4, 3, 1)
-    assert third["shards"][-1]["file"] == "shards/shard-00002.parquet"
+    assert len(third["shards"]) == 3 and third["shards"][-1]["file"].startswith("shards/shard-")
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(JobError, match="no video files under it"):

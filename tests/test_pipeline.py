@@ -148,11 +148,10 @@ def test_training_batches_and_shards(ray_session, media, tmp_path):
         patch_dataset(paths, CFG, **ONE_ACTOR), str(out), rows_per_shard=2, config=CFG
     )
     assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (7, 5, 2)
-    assert [s["file"] for s in manifest["shards"]] == [
-        "shards/shard-00000.parquet",
-        "shards/shard-00001.parquet",
-        "shards/shard-00002.parquet",
-    ]
+    assert sum(s["rows"] for s in manifest["shards"]) == 5
+    assert sorted(s["file"] for s in manifest["shards"]) == sorted(
+        f"shards/{p.name}" for p in (out / "shards").glob("shard-*.parquet")
+    )
     assert json.loads((out / "manifest.json").read_text())["ok"] == 5
     errors = pq.read_table(out / "errors.parquet").to_pylist()
     assert sorted(e["path"] for e in errors) == sorted(

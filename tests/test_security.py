@@ -16,8 +16,8 @@ import pytest
 from cps_ray import OutputPathError, PatchStreamConfig, local_stream, write_shards
 from cps_ray.errors import printable_path
 from cps_ray.jobs import find_inputs, preprocess_main
-from cps_ray.pipeline._inputs import resolve_inputs
-from cps_ray.pipeline._shards import (
+from cps_ray.pipeline._inputs import input_paths as resolve_inputs
+from cps_ray.pipeline._output import (
     OutputRoot,
     read_errors,
     read_output,
@@ -179,19 +179,15 @@ def test_local_names_are_never_ffmpeg_protocols(media, tmp_path, monkeypatch):
 # --- nothing is written outside the output ---------------------------------------------------
 
 
-class RowsDataset:
-    """What ``write_shards`` reads of a Ray dataset: pyarrow batches."""
+def _rows():
+    """Three rows as the pipeline makes them, one of them failed."""
+    import ray
 
-    def __init__(self, paths, errors=None):
-        errors = errors or [None] * len(paths)
-        self.table = pa.table({"path": paths, "error": pa.array(errors, pa.string())})
-
-    def iter_batches(self, *, batch_size, batch_format):
-        for start in range(0, self.table.num_rows, batch_size):
-            yield self.table.slice(start, batch_size)
-
-
-ROWS = RowsDataset(["/v/a.mp4", "/v/b.mp4", "/v/c.mp4"], [None, "/v/b.mp4: broken", None])
+    return ray.data.from_items([
+        {"path": "/v/a.mp4", "error": None, "error_kind": None},
+        {"path": "/v/b.mp4", "error": "/v/b.mp4: broken", "error_kind": "corrupt"},
+        {"path": "/v/c.mp4", "error": None, "error_kind": None},
+    ], override_num_blocks=3)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -208,7 +204,7 @@ def _tree(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("link", ["shards", "manifest.json", "errors.parquet"])
-def test_a_symlink_out_of_the_output_is_refused(tmp_path, media, capsys, link):
+def test_a_symlink_out_of_the_output_is_refused(ray_session, tmp_path, media, capsys, link):
     out = tmp_path / "out"
     out.mkdir()
     elsewhere = tmp_path / "elsewhere"
@@ -224,7 +220,7 @@ def test_a_symlink_out_of_the_output_is_refused(tmp_path, media, capsys, link):
     for output in (out, dangling / "out", f"file://{out}"):
         for resume in (False, True):
             with pytest.raises(OutputPathError, match=f"refusing '{link}.*outside the output"):
-                write_shards(ROWS, output, rows_per_shard=1, resume=resume)
+                write_shards(_rows(), output, rows_per_shard=1, resume=resume)
         with pytest.raises(OutputPathError):
             read_output(output)
     assert _tree(elsewhere) == ([] if link == "shards" else [link])
@@ -238,17 +234,15 @@ def test_a_symlink_out_of_the_output_is_refused(tmp_path, media, capsys, link):
     assert len(err) == 1 and "outside the output folder" in err[0]
 
 
-def test_symlinks_that_stay_inside_the_output_are_followed(tmp_path):
+def test_symlinks_that_stay_inside_the_output_are_followed(ray_session, tmp_path):
     real = tmp_path / "real"
     real.mkdir()
     out = tmp_path / "out"
     out.symlink_to(real)  # OUT itself may be a link: the user chose it
     (real / "parts").mkdir()
     (real / "shards").symlink_to(real / "parts")
-    manifest = write_shards(ROWS, out, rows_per_shard=1)
-    assert manifest["shards"] == [
-        {"file": "shards/shard-00000.parquet", "rows": 1},
-        {"file": "shards/shard-00001.parquet", "rows": 1},
-    ]
-    assert _tree(real / "parts") == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert [p for p, _ in read_errors(out)] == ["/v/b.mp4"] and read_output(out).error_rows == 1
+    manifest = write_shards(_rows(), out, rows_per_shard=1)
+    assert [s["rows"] for s in manifest["shards"]] == [1, 1]
+    assert _tree(real / "parts") == sorted(s["file"][len("shards/"):] for s in manifest["shards"])
+    assert [p for p, _, _ in read_errors(out)] == ["/v/b.mp4"]
+    assert read_output(out).error_rows == 1

@@ -198,8 +198,8 @@ def test_bad_selection_is_an_error():
 def test_numpy_selection_has_the_bits_of_select_patches(frames, dtype, selection):
     """``select_on_cpu`` (what a Ray select actor runs, without torch) keeps
     the same patches, fields and scores, bit for bit, as a row keeps them."""
+    from cps_ray._rows import patches_to_numpy
     from cps_ray._select import select_on_cpu
-    from cps_ray.pipeline._rows import patches_to_numpy
 
     args = dict(patch_size=7, k_keep=25, output_dtype=dtype, selection=selection, seed=3)
     patches, fields, scores = select_on_cpu(frames, **args)
@@ -252,7 +252,7 @@ def test_the_error_row_filter_before_training_never_imports_torch():
 import sys
 import numpy as np
 from cps_ray.pipeline import without_error_rows
-from cps_ray.pipeline._error_rows import FailureLog, _ok_rows
+from cps_ray.pipeline._train import ErrorRowLog as FailureLog, _ok_rows
 
 class Log:  # the FailureLog actor's handle, called in this process
     def __init__(self):

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 
 from .. import _faults as faults
-from .._devices import default_ffmpeg_threads, ffmpeg_threads_for  # noqa: F401  (re-exported)
 from .._guards import FATAL_OPEN, Limits, check_file, declared_size, open_reason, short_reason
 from .._remote import is_remote, local_copy, redact
 from ..errors import DecodeError
@@ -45,8 +44,6 @@ from .routes import decode_routes
 __all__ = [
     "VideoFrames",
     "decode_frames",
-    "default_ffmpeg_threads",
-    "ffmpeg_threads_for",
     "resized_dims",
 ]
 
@@ -131,7 +128,7 @@ def decode_frames(
         try:
             return _decode_file(local, limits, **options)
         except DecodeError as err:
-            raise DecodeError(shown, err.reason) from None
+            raise DecodeError(shown, err.reason, err.kind) from None
 
 
 def _decode_file(
@@ -163,9 +160,8 @@ def _plan(path: str, strategy: str, sequence_length: int,
         try:
             stream = video_stream(container)
         except OnlyPictures:
-            raise DecodeError(
-                path, "no video stream in the file: only an attached picture (cover art)"
-            ) from None
+            reason = "no video stream in the file: only an attached picture (cover art)"
+            raise DecodeError(path, reason, "unsupported") from None
         if stream is None:
             return None, None
         try:

@@ -204,21 +204,6 @@ def _layer_is_workqueue() -> bool:
     return _layer == "workqueue"
 
 
-def load_serial() -> None:
-    """Load the serial kernels (from the disk cache, or compile them) and the
-    output dtypes' bit tables in a process that forks workers: Numba's code
-    generator is then set up once there, and a forked worker's
-    :func:`warmup` takes 0.05-0.09 CPU-s, not 0.3-0.4. The parallel kernels
-    are left to each worker: loading one starts the threading layer's
-    threads, and GNU OpenMP aborts a child forked after that."""
-    from .._convert import BITS_DTYPES, bits_table
-
-    energies = np.zeros(4, np.int64)
-    _pick(energies, _top_k(energies, 1))
-    for output_dtype in BITS_DTYPES:
-        bits_table(output_dtype)
-
-
 def warmup() -> None:
     """Compile (or load from cache) every kernel now; call when a worker starts."""
     global _layer

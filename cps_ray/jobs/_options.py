@@ -11,8 +11,8 @@ from typing import Any
 from .._config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, UNIFORM_STRATEGIES, PatchStreamConfig
 from ..errors import JobError
 from ..pipeline._isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
+from ..pipeline._output import DEFAULT_ROWS_PER_SHARD
 
-DEFAULT_ROWS_PER_SHARD = 64
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
@@ -215,7 +215,8 @@ def add_preprocess_options(parser: argparse.ArgumentParser, *, positional: bool)
         parser.add_argument("--output", required=True, metavar="OUT", help=out_help)
     parser.add_argument(
         "--rows-per-shard", type=positive_int, default=DEFAULT_ROWS_PER_SHARD, metavar="N",
-        help=f"videos per Parquet shard ({DEFAULT_ROWS_PER_SHARD})",
+        help=f"rows per write, so about that many videos per Parquet shard "
+        f"({DEFAULT_ROWS_PER_SHARD})",
     )  # fmt: skip
     parser.add_argument(
         "--resume",
@@ -226,8 +227,8 @@ def add_preprocess_options(parser: argparse.ArgumentParser, *, positional: bool)
     parser.add_argument(
         "--retry-failed",
         action="store_true",
-        help="with --resume: decode again the inputs that failed for reasons a rerun may "
-        "cure (timeouts, crashed decoders, remote I/O); not-a-video failures stay",
+        help="with --resume: decode again the inputs whose failure a rerun may cure "
+        "(error kinds timeout, crashed, remote); corrupt or unsupported videos stay",
     )
     add_address_option(parser)
     add_isolation_options(parser)

@@ -9,17 +9,13 @@ Each stage declares its resources in a :class:`StageResources`; one adapter,
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from .._config import PatchStreamConfig
-from .._remote import redact
 from .._stderr import drop_ray_53727
 from ..errors import ConfigError, DeviceUnavailableError
-from ._inputs import is_manifest, resolve_inputs, transport_path
+from ._inputs import input_dataset
 from ._isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, check_isolation
-from ._listing import is_listing
-from ._manifests import ListingSource, ManifestSource, list_on_cluster, read_manifest_dataset
 from ._stages import DecodeStage, FusedStage, SelectStage
 from ._worker import check_stream_config
 
@@ -73,7 +69,6 @@ class PipelinePlan:
 
     fused: bool
     stages: tuple[StageResources, ...]
-    ffmpeg_threads: int
     videos_per_block: int
 
 
@@ -148,7 +143,7 @@ def plan_pipeline(
         pool = decode_pool or min(default_pool, max(1, int(cpus // per_actor_cpus)))
         _check_pool("decode_pool", pool)
         fused = StageResources("fused", per_actor_cpus, share, pool)
-        return PipelinePlan(True, (fused,), max(1, round(per_actor_cpus)), videos_per_block)
+        return PipelinePlan(True, (fused,), videos_per_block)
 
     if process_gpu:
         s_gpus = select_num_gpus or DEFAULT_SELECT_GPU_SHARE
@@ -176,57 +171,7 @@ def plan_pipeline(
         StageResources("decode", d_cpus, d_gpus, d_pool),
         StageResources("select", s_cpus, s_gpus, s_pool),
     )
-    return PipelinePlan(False, stages, max(1, round(d_cpus)), videos_per_block)
-
-
-def _block_size(num_videos: int, videos_per_block: int, decode_pool) -> int:
-    """Videos per block: ``videos_per_block``, smaller for short inputs so every
-    decode actor still gets two blocks to work on."""
-    actors = decode_pool[1] if isinstance(decode_pool, tuple) else decode_pool
-    return max(1, min(videos_per_block, math.ceil(num_videos / (2 * actors))))
-
-
-def _input_dataset(inputs, videos_per_block: int, decode_pool, runtime_env=None):
-    """The dataset of input paths, and the videos per block.
-
-    A manifest is streamed (:mod:`cps_ray.pipeline._manifests`); a folder or
-    URI prefix is listed by a task, then streamed the same way
-    (:mod:`cps_ray.pipeline._listing`); a list is already in memory; a
-    Dataset's paths are read first, because its own stages may need the CPUs
-    the actor pools are about to take.
-    """
-    import ray.data
-
-    if isinstance(inputs, (str, os.PathLike)) and is_manifest(os.fspath(inputs)):
-        source = ManifestSource(inputs)
-        if source.estimated_rows == 0 or source.size == 0:
-            raise ConfigError("inputs", redact(source.path), "There are no input videos.")
-        per_block = _block_size(source.estimated_rows, videos_per_block, decode_pool)
-        source.videos_per_block = per_block
-        return read_manifest_dataset(source, runtime_env), per_block
-    if is_listing(inputs) or isinstance(inputs, ListingSource):
-        source = (
-            inputs if isinstance(inputs, ListingSource) else list_on_cluster(inputs, runtime_env)
-        )
-        per_block = _block_size(source.count, videos_per_block, decode_pool)
-        source.videos_per_block = per_block
-        return read_manifest_dataset(source, runtime_env), per_block
-    if isinstance(inputs, ray.data.Dataset):
-        names = inputs.schema().names
-        if "path" not in names:
-            raise ConfigError(
-                "inputs", f"Dataset with columns {names}", "It needs a 'path' column."
-            )
-        paths = [str(row["path"]) for row in inputs.select_columns(["path"]).iter_rows()]
-    else:
-        paths = resolve_inputs(inputs)
-    if not paths:
-        raise ConfigError("inputs", inputs, "There are no input videos.")
-    per_block = _block_size(len(paths), videos_per_block, decode_pool)
-    blocks = math.ceil(len(paths) / per_block)
-    items = [{"path": transport_path(p)} for p in paths]  # Arrow strings are UTF-8
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
-    return dataset, per_block
+    return PipelinePlan(False, stages, videos_per_block)
 
 
 def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
@@ -266,7 +211,8 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
     """:func:`patch_dataset`, with ``admit`` (``None``, or a ``(function,
     kwargs)`` pair) run on each block of input paths before decoding, in the
     task that read it: it returns the paths to decode (a job leaves out what
-    its output holds this way)."""
+    its output holds this way). ``inputs`` may also be a
+    :class:`~cps_ray.pipeline._inputs.Listing` a job has screened."""
     import ray
 
     pool_options = dict(pool_options)
@@ -299,7 +245,9 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
         ray.init()
     drop_ray_53727()  # this process creates the pools' actors: see cps_ray._stderr
     plan = plan_pipeline(config, ray.cluster_resources(), **pool_options)
-    ds, per_block = _input_dataset(inputs, plan.videos_per_block, plan.stages[0].pool, runtime_env)
+    pool = plan.stages[0].pool
+    actors = pool[1] if isinstance(pool, tuple) else pool
+    ds, per_block = input_dataset(inputs, plan.videos_per_block, actors, runtime_env)
     ds.context.execution_options.preserve_order = bool(preserve_order)
     if admit is not None:
         admit_fn, admit_kwargs = admit
@@ -314,19 +262,13 @@ def build_patch_dataset(inputs, config: PatchStreamConfig, admit, pool_options: 
             batch_format="pyarrow",
             **({"runtime_env": runtime_env} if runtime_env else {}),
         )
-    threads = config.ffmpeg_threads or plan.ffmpeg_threads
-    decoding = {
-        "config": config,
-        "ffmpeg_threads": threads,
-        "isolation": isolation,
-        "max_attempts": max_attempts,
-    }
+    decoding = {"config": config, "isolation": isolation, "max_attempts": max_attempts}
     if plan.fused:
         (fused,) = plan.stages
-        decoding["gpu_share"] = fused.num_gpus
+        decoding.update(cpus=fused.num_cpus, gpu_share=fused.num_gpus)
         return _map(ds, FusedStage, decoding, fused, per_block, remote_args)
     decode, select = plan.stages
-    decoding["gpu_share"] = decode.num_gpus
+    decoding.update(cpus=decode.num_cpus, gpu_share=decode.num_gpus)
     ds = _map(ds, DecodeStage, decoding, decode, per_block, remote_args)
     return _map(ds, SelectStage, {"config": config}, select, per_block, remote_args)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._rows import row_patches
+from .._rows import row_patches
 
 TENSOR_COLUMNS = ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps")
 

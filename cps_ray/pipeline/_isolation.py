@@ -1,72 +1,63 @@
-"""Crash and hang isolation: each worker decodes in a child process.
+"""Crash and hang isolation: a worker's per-video work runs in a child process.
 
 A native crash in a decoder (a segfault or an abort in FFmpeg or NVDEC)
-kills the process it happens in, and a native hang blocks it forever. In a
-thread of ``local_stream`` that is the whole stream; in a Ray actor it is the
-actor, which Ray restarts and whose task it retries without limit, so one
-poison file would loop. With ``isolation="process"`` (the default) the
-per-video work runs in a child process the worker owns:
+kills the process it happens in, and a native hang blocks it forever. With
+``isolation="process"`` (the default) the work runs in child processes the
+worker owns, started by the standard library's ``forkserver``: one server
+per worker process imports the heavy modules once
+(``set_forkserver_preload``) and forks each child from that state, so a
+child, and a child replacing one that crashed, starts in milliseconds.
 
 - a child that dies on a video is replaced and the video tried again, at most
   ``max_attempts`` times in all; then the video is an error row naming the
-  signal, and the next video gets a fresh child;
+  signal (kind ``crashed``);
 - a video that takes longer than ``decode_timeout_s`` (plus a grace period
   for the decoder's own, cooperative check) has its child killed and is an
-  error row; it is not retried, a hang is rarely transient;
+  error row (kind ``timeout``); it is not retried;
 - a child that cannot be started again during a run (its imports failing
-  under memory pressure, a start-up timeout) makes the video an error row,
-  and the next video starts a fresh child after a growing pause: a run never
-  ends on it (only the first start, before any video, raises);
-- a child notices when its parent is gone and exits, so a killed actor
-  leaves no decoder behind.
-
-The child talks over a socket pair (not ``multiprocessing``, which would
-re-import the parent's ``__main__``, a Ray worker's included). On Linux it
-is forked from a zygote (:mod:`._zygote`) that imported torch, torchcodec
-and Numba once for every child of this process (in a Ray worker: of every
-actor of the node), so a pool of children, the next actor and a restart
-after a crash cost milliseconds, not an interpreter's imports;
-elsewhere it is a plain ``python -m`` process. It builds its worker once
-(kernel warm-up), then serves one path at a time; a result crosses as one
-pickled message (a 2.4 MB row at the default sizes, about a millisecond).
+  under memory pressure) makes the video an error row, and the next video
+  starts a fresh child after a growing pause: a run never ends on it (only
+  the first start, before any video, raises :class:`IsolationError`);
+- a child exits as soon as its owner is gone, and the fork server with it:
+  no process outlives the worker that started it.
 
 ``isolation="none"`` runs the work in the worker itself: no per-video cost,
-but a crash takes the worker down. In the pipeline its actors then get
-bounded task retries, so a poison file fails the run instead of looping.
+but a crash takes the worker down (a Ray actor is then restarted, with
+bounded task retries).
+
+As with every ``multiprocessing`` start method but ``fork``, a script whose
+top level calls ``local_stream`` must guard it with ``if __name__ ==
+"__main__":`` (the children import the script's module).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import pickle
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .._devices import fake_environment
+from .._rows import failure
 from ..errors import ConfigError, IsolationError, printable_path
-from . import _zygote
 
 ISOLATION_MODES = ("process", "none")
 DEFAULT_ISOLATION = "process"
 DEFAULT_MAX_ATTEMPTS = 2
-# Importing torch, torchcodec and numba and warming the kernels, on a busy node.
+# Importing the decoders and warming the kernels, on a busy node.
 STARTUP_TIMEOUT_S = 300.0
 # The decoder checks its own deadline between frames and says so in a clearer
 # error; the child is killed only if it has not answered this much later.
 MAX_GRACE_S = 5.0
-CHILD_MODULE = "cps_ray.pipeline._isolated_child"
-# A child that cannot be started again (its imports failing under memory
-# pressure, a start-up timeout): the video is an error row, and the next
-# start waits 1, 2, 4... s, at most 60 s, until a start succeeds.
+# A child that cannot be started again: the next start waits 1, 2, 4... s.
 START_BACKOFF_S = 1.0
 MAX_START_BACKOFF_S = 60.0
+
+_context_lock = threading.Lock()
 
 
 def check_isolation(isolation: object, max_attempts: object) -> None:
@@ -85,86 +76,137 @@ def hard_timeout(timeout_s: float | None) -> float | None:
     return timeout_s + min(MAX_GRACE_S, timeout_s)
 
 
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
+def describe_exit(code: int | None) -> str:
+    if code is None:
         return "did not exit"
-    if returncode < 0:
+    if code < 0:
         try:
-            return f"killed by {signal.Signals(-returncode).name}"
+            return f"killed by {signal.Signals(-code).name}"
         except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def child_context(preload: tuple[str, ...]):
+    """The ``multiprocessing`` context children start from: the fork server
+    (Linux), preloading ``preload`` (and Ray, inside a Ray worker: a child
+    imports the worker's main module, which imports Ray); elsewhere spawn."""
+    if not sys.platform.startswith("linux"):
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    with _context_lock:
+        modules = list(preload) + (["ray"] if "ray" in sys.modules else [])
+        # Takes effect when the server starts: the first worker's list holds.
+        context.set_forkserver_preload(modules)
+    return context
+
+
+def _child_main(conn, make_target, env: dict[str, str], owner: int) -> None:
+    """A child's life: its owner's environment, a target built once, then one
+    item at a time until ``None`` or a closed connection."""
+    os.environ.clear()
+    os.environ.update(env)
+    # A child starts no process of its own. Numba takes a multiprocessing
+    # lock for its thread pool's start when the start method is a fork
+    # ("forkserver" counts): registered with the owner's resource tracker and
+    # never released by a child that is killed, it is reported as leaked.
+    multiprocessing.set_start_method("spawn", force=True)
+    _exit_with(owner)
+    try:
+        target = make_target()
+    except Exception as err:  # an import failing under memory pressure, say
+        conn.send(("failed", failure(err)))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):
+            item = None
+        if item is None:
+            # Nothing to flush: skip the interpreter's teardown of the decoders.
+            os._exit(0)
+        try:
+            answer = ("ok", target(item))
+        except Exception as err:
+            answer = ("raised", failure(err))
+        conn.send(answer)
+
+
+def _exit_with(owner: int, interval_s: float = 0.5) -> None:
+    """Exit as soon as ``owner`` or this child's parent (the fork server) is
+    gone, even while the main thread is stuck in native code."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:
+                pass
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="cps_ray-owner-watch", daemon=True).start()
 
 
 class IsolatedWorker:
-    """Runs ``target(item)`` in a child process, where ``target = make_target()``
-    was built once per child. Not thread-safe: one caller at a time.
+    """Runs ``target(item)`` in a child process, where ``target =
+    make_target()`` was built once per child. One caller at a time.
 
-    :meth:`run` returns ``(True, result)``, or ``(False, reason)`` when the
-    target raised, the child died ``max_attempts`` times, or it timed out.
+    :meth:`run` returns ``(True, result)``, or ``(False, (reason, kind))``
+    when the target raised, the child died ``max_attempts`` times, timed out
+    or could not start.
     """
 
-    def __init__(
-        self,
-        make_target: Callable[[], Callable[[Any], Any]],
-        *,
-        timeout_s: float | None,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        preload: tuple[str, ...] = (),
-    ):
+    def __init__(self, make_target: Callable[[], Callable[[Any], Any]], *,
+                 timeout_s: float | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 preload: tuple[str, ...] = ()):  # fmt: skip
         check_isolation("process", max_attempts)
         self.make_target = make_target
-        # Modules the child needs, imported once by the zygote it forks from.
         self.preload = tuple(preload)
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
-        self._proc: subprocess.Popen | None = None
-        self._conn: Connection | None = None
+        self._proc = None
+        self._conn = None
         self._ready = False
         # Children this worker had to replace, by cause (for tests and logs).
         self.restarts = {"crashed": 0, "timed_out": 0, "start_failed": 0}
         self.start_backoff_s = START_BACKOFF_S
         self._failed_starts = 0  # in a row; the next start waits for them
 
-    # -- child lifecycle ----------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """The current child's pid, if one is running."""
+        return self._proc.pid if self._proc is not None else None
+
+    def spawn(self) -> None:
+        """Start a child (without waiting for it to be ready)."""
+        if self._proc is not None:
+            return
+        context = child_context(self.preload)
+        env = {**os.environ, **fake_environment()}
+        ours, theirs = context.Pipe()
+        proc = context.Process(target=_child_main, args=(theirs, self.make_target, env,
+                                                        os.getpid()), daemon=True)  # fmt: skip
+        try:
+            proc.start()
+        except Exception as err:  # the target cannot be pickled, say
+            ours.close()
+            raise IsolationError(
+                f"a decoder process cannot start: {type(err).__name__}: {err}"
+            ) from None
+        finally:
+            theirs.close()
+        self._proc, self._conn = proc, ours
 
     def start(self) -> None:
-        """Start the child now (otherwise the first :meth:`run` does)."""
-        if self._proc is None:
-            self._spawn()
-        if not self._ready:
-            self._await_ready()
-
-    def _spawn(self) -> None:
+        """Start the child and wait until its target is built."""
+        self.spawn()
         try:
-            self._factory = pickle.dumps(self.make_target)
-        except Exception as err:
-            raise IsolationError(
-                f"the worker cannot be sent to a child process: {type(err).__name__}: {err}"
-            ) from None
-        env = dict(os.environ)
-        # The child imports what this process imports, from the same places
-        # (a Ray worker's working_dir is on sys.path, not in PYTHONPATH).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        # Injected CUDA and NVDEC answers (tests, simulated clusters) hold in
-        # the child too.
-        env.update(fake_environment())
-        parent_sock, child_sock = socket.socketpair()
-        try:
-            if _zygote.supported():
-                self._proc = _zygote.fork_child(self.preload, env, child_sock, STARTUP_TIMEOUT_S)
-            else:
-                self._proc = _zygote.spawn_module(CHILD_MODULE, child_sock, env)
-        except BaseException:
-            parent_sock.close()
-            raise
-        finally:
-            child_sock.close()
-        self._conn = Connection(parent_sock.detach())
-
-    def _await_ready(self) -> None:
-        try:
-            self._conn.send_bytes(self._factory)
             if not self._conn.poll(STARTUP_TIMEOUT_S):
                 raise IsolationError(f"a decoder process did not start in {STARTUP_TIMEOUT_S:g} s")
             kind, value = self._conn.recv()
@@ -178,7 +220,7 @@ class IsolatedWorker:
             raise
         if kind != "ready":
             self._stop(kill=True)
-            raise IsolationError(f"a decoder process could not start: {value}")
+            raise IsolationError(f"a decoder process could not start: {value[0]}")
         self._ready = True
 
     def _stop(self, kill: bool) -> int | None:
@@ -196,11 +238,11 @@ class IsolatedWorker:
             return None
         if kill:
             proc.kill()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        proc.join(timeout=10)
+        if proc.exitcode is None:
             proc.kill()
-            return proc.wait()
+            proc.join()
+        return proc.exitcode
 
     def _restart(self) -> None:
         """:meth:`start`, after a pause that grows with the starts that failed in a row."""
@@ -217,7 +259,7 @@ class IsolatedWorker:
         self._failed_starts = 0
 
     def close(self) -> None:
-        """Stop the child (it is also stopped when this process exits)."""
+        """Stop the child."""
         self._stop(kill=False)
 
     def __del__(self) -> None:
@@ -225,13 +267,6 @@ class IsolatedWorker:
             self._stop(kill=True)
         except Exception:
             pass
-
-    @property
-    def pid(self) -> int | None:
-        """The current child's pid, if one is running."""
-        return self._proc.pid if self._proc is not None else None
-
-    # -- work ---------------------------------------------------------------------
 
     def run(self, item: Any) -> tuple[bool, Any]:
         deaths: list[str] = []
@@ -242,7 +277,7 @@ class IsolatedWorker:
                 self._restart()
             except IsolationError as err:
                 self.restarts["start_failed"] += 1
-                return False, f"{name}: {' '.join(str(err).split())}"
+                return False, (f"{name}: {' '.join(str(err).split())}", "crashed")
             conn = self._conn
             try:
                 conn.send(item)
@@ -251,7 +286,8 @@ class IsolatedWorker:
                     self.restarts["timed_out"] += 1
                     return False, (
                         f"{name}: timed out: no result after {limit:g} s (decode_timeout_s="
-                        f"{self.timeout_s:g}); its decoder process was killed"
+                        f"{self.timeout_s:g}); its decoder process was killed",
+                        "timeout",
                     )
                 kind, value = conn.recv()
             except (EOFError, OSError):
@@ -262,7 +298,8 @@ class IsolatedWorker:
             return kind == "ok", value
         return False, (
             f"{name}: the decoder process died on each of {len(deaths)} attempts "
-            f"({', '.join(deaths)})"
+            f"({', '.join(deaths)})",
+            "crashed",
         )
 
 
@@ -274,9 +311,8 @@ class IsolatedPool:
         import queue
 
         self.workers = [
-            IsolatedWorker(
-                make_target, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
-            )
+            IsolatedWorker(make_target, timeout_s=timeout_s, max_attempts=max_attempts,
+                           preload=preload)  # fmt: skip
             for _ in range(size)
         ]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -284,11 +320,10 @@ class IsolatedPool:
             self._free.put(worker)
 
     def start(self) -> None:
-        """Start every child, in parallel: their warm-ups overlap."""
-        for worker in self.workers:
-            if worker.pid is None:
-                worker._spawn()
+        """Start every child; their warm-ups overlap."""
         try:
+            for worker in self.workers:
+                worker.spawn()
             for worker in self.workers:
                 worker.start()
         except IsolationError:
@@ -309,36 +344,28 @@ class IsolatedPool:
 
 class InProcess:
     """``isolation="none"``: the target runs in this process, behind the same
-    ``run(item) -> (ok, value)`` as :class:`IsolatedPool`; an exception is
-    ``(False, reason)``, a crash takes the process down."""
+    ``run(item) -> (ok, value)``; an exception is ``(False, (reason, kind))``,
+    a crash takes the process down."""
 
     def __init__(self, make_target: Callable[[], Callable[[Any], Any]]):
         self.target = make_target()
 
     def run(self, item: Any) -> tuple[bool, Any]:
-        from ._rows import error_reason
-
         try:
             return True, self.target(item)
         except Exception as err:
-            return False, error_reason(err)
+            return False, failure(err)
 
     def close(self) -> None:
         pass
 
 
-def contained(
-    in_process: Callable[[], Callable[[Any], Any]],
-    in_child: Callable[[], Callable[[Any], Any]],
-    *,
-    isolation: str,
-    timeout_s: float | None,
-    max_attempts: int,
-    size: int = 1,
-    preload: tuple[str, ...] = (),
-) -> InProcess | IsolatedPool:
-    """The one place per-video work is isolated, for every caller: a runner
-    whose ``run(item)`` returns ``(True, result)`` or ``(False, reason)``.
+def contained(in_process: Callable[[], Callable[[Any], Any]],
+              in_child: Callable[[], Callable[[Any], Any]], *, isolation: str,
+              timeout_s: float | None, max_attempts: int, size: int = 1,
+              preload: tuple[str, ...] = ()) -> InProcess | IsolatedPool:  # fmt: skip
+    """The one place per-video work is isolated: a runner whose ``run(item)``
+    returns ``(True, result)`` or ``(False, (reason, kind))``.
 
     ``isolation="process"``: ``size`` children, each built by ``in_child``
     (started now; the first start raises :class:`IsolationError`);
@@ -348,21 +375,7 @@ def contained(
     check_isolation(isolation, max_attempts)
     if isolation == "none":
         return InProcess(in_process)
-    pool = IsolatedPool(
-        in_child, size, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
-    )
+    pool = IsolatedPool(in_child, size, timeout_s=timeout_s, max_attempts=max_attempts,
+                        preload=preload)  # fmt: skip
     pool.start()
     return pool
-
-
-def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
-    """In a child: exit as soon as the parent is gone (re-parented), even
-    while the main thread is stuck in native code."""
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(3)
-            time.sleep(interval_s)
-
-    threading.Thread(target=watch, name="cps_ray-parent-watch", daemon=True).start()

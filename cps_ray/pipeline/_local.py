@@ -14,7 +14,8 @@ from typing import Any
 
 from .._config import PatchStreamConfig
 from .._devices import usable_cores
-from ._inputs import resolve_inputs
+from ..errors import ConfigError
+from ._inputs import input_paths
 from ._isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS
 from ._worker import Worker
 
@@ -34,7 +35,7 @@ def local_stream(
         inputs: a list of paths, or one spec: a manifest (``.txt`` one path
             per line, ``.csv``/``.parquet`` with a ``path`` column), a folder
             or URI prefix, a glob or one video file (see
-            :func:`~cps_ray.pipeline._inputs.resolve_inputs`).
+            :mod:`cps_ray.pipeline._inputs`).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
         num_workers: videos decoded at once; default: the cores.
         isolation: ``"process"`` (default): each of the ``num_workers``
@@ -45,15 +46,13 @@ def local_stream(
         max_attempts: tries per video when its child process dies.
         progress: show a tqdm progress bar.
 
-    Rows follow DESIGN.md (see :mod:`cps_ray.pipeline._rows`); a video that
-    fails gives a row with ``error`` set, never an exception. A config this
-    node cannot run (explicit ``gpu`` without CUDA) raises before any row.
+    Rows: see :mod:`cps_ray._rows`; a video that fails gives a row with
+    ``error`` and ``error_kind`` set, never an exception. A config this node
+    cannot run (explicit ``gpu`` without CUDA) raises before any row.
     """
-    paths = resolve_inputs(inputs)
+    paths = input_paths(inputs)
     workers = num_workers if num_workers is not None else usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        from ..errors import ConfigError
-
         raise ConfigError("num_workers", num_workers, "It must be an int >= 1.")
     worker = Worker(
         config, concurrent_videos=workers, isolation=isolation, max_attempts=max_attempts

@@ -1,25 +1,29 @@
-"""The per-video work both ``local_stream`` and the Ray stages run: resolve
-``auto`` once on this node, warm the kernels, then turn a path into a row;
-:class:`VideoWorker` is that work, :class:`Worker` runs it in this process or
-in isolated child processes (see :mod:`cps_ray.pipeline._isolation`).
+"""The per-video core behind the isolation a caller asked for:
+:class:`Worker` turns a path into a row (``local_stream``, the fused
+stage), :class:`FrameWorker` into decoded frames (the decode stage of a
+split pipeline). Both never raise for a bad video; an explicit backend this
+node cannot serve fails when they are built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
-from .._config import PatchStreamConfig, resolve_backends
-from .._devices import (
-    DECODER_MODULES,
-    default_ffmpeg_threads,
-    ffmpeg_threads_for,
-    load_decoders,
-    size_nvdec_cache,
-)
+import numpy as np
+
+from .._config import PatchStreamConfig
+from .._core import DecodeResult, VideoCore
+from .._devices import DECODER_MODULES
 from ..errors import ConfigError
-from ._isolation import check_isolation, contained
-from ._rows import error_row
+from ._isolation import contained
+
+# What every child imports once, in the fork server: the decoders, the
+# kernels and the core. A GPU adds torch and torchcodec.
+CORE_PRELOAD = ("numpy", *DECODER_MODULES, "numba", "cps_ray._core", "cps_ray._select",
+                "cps_ray._kernels.cpu", "cps_ray._decode")  # fmt: skip
+GPU_PRELOAD = ("torch", "torchcodec.decoders")
 
 
 def check_stream_config(config: PatchStreamConfig) -> None:
@@ -27,147 +31,108 @@ def check_stream_config(config: PatchStreamConfig) -> None:
         raise TypeError(f"config must be a PatchStreamConfig, got {type(config).__name__}")
     if config.video_path is not None:
         raise ConfigError(
-            "video_path",
-            config.video_path,
-            "Leave it None here: each input brings its own path.",
+            "video_path", config.video_path, "Leave it None here: each input brings its own path."
         )
 
 
-def warm_up(resolved, config: PatchStreamConfig, processes_per_gpu: int = 1) -> None:
-    """What a worker does once when it starts, not in its first video: load
-    the decoders' libraries, size the NVDEC cache for the GPU's decode processes,
-    compile (or load) the selection kernel it will run."""
-    load_decoders()
-    if resolved.decode_backend == "gpu":
-        size_nvdec_cache(processes_per_gpu)
-    if resolved.process_backend == "gpu":
-        from .._kernels import cuda
-
-        cuda.warmup(config.process_device_id)
-    elif resolved.process_backend == "cpu":
-        from .._kernels import cpu
-
-        cpu.warmup()
+def preload_for(core: VideoCore) -> tuple[str, ...]:
+    """The modules children of ``core``'s worker import in the fork server."""
+    resolved = core.resolved
+    needs_torch = "gpu" in (resolved.decode_backend, resolved.process_backend)
+    return CORE_PRELOAD + (GPU_PRELOAD if needs_torch else ())
 
 
-class VideoWorker:
-    """Turns one path into one row; never raises for a bad video.
-
-    ``processes_per_gpu``: decode processes sharing the GPU (sizes the NVDEC cache).
-    """
-
-    def __init__(
-        self, config: PatchStreamConfig, concurrent_videos: int = 1, *, processes_per_gpu: int = 1
-    ):
-        check_stream_config(config)
-        self.config = config
-        # Resolved on this node, when the worker starts; an explicit gpu that
-        # cannot run here fails now, for the whole run, not per video.
-        self.resolved = resolve_backends(config)
-        self.num_threads = ffmpeg_threads_for(config, concurrent_videos)
-        warm_up(self.resolved, config, processes_per_gpu)
-
-    def __call__(self, path: str) -> dict[str, Any]:
-        from .._core import video_row
-
-        return video_row(self.config, self.resolved, self.num_threads, path)
-
-
-def share_cores(threads: int, *, numba_threads: bool = True) -> None:
+def share_cores(threads: int) -> None:
     """Size an isolated child's compute pools: ``threads`` Numba threads (its
-    share of the cores; skipped with ``numba_threads=False``, a child that
-    only decodes) and one torch thread.
+    share of the cores) and one torch thread. Children are separate
+    processes: pools sized to every core would oversubscribe the machine
+    (two children on two cores ran 2.4 times slower)."""
+    import sys
 
-    Threads of one process share torch's and Numba's pools; separate
-    processes do not, and pools sized to every core (the default)
-    oversubscribe the machine. torch only stacks and converts small tensors
-    here, and its idle OpenMP threads spin on the cores FFmpeg decodes on: one
-    torch thread made a child 30% faster (13.3 vs 10.3 videos/s on 2 cores),
-    and two children on two cores twice as fast.
+    import numba
 
-    Call it once the worker is built: starting Numba's OpenMP pool (its
-    warm-up, or ``set_num_threads``) sets OpenMP's thread count back to the
-    cores, torch's included. In a child forked from a zygote it did, and two
-    children ran 2.4 times slower.
-    """
-    if numba_threads:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    import torch
-
-    torch.set_num_threads(1)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
-# What an isolated child of :class:`Worker` imports (and loads), once per zygote.
-VIDEO_PRELOAD = (
-    "torch",
-    *DECODER_MODULES,
-    "numba",
-    "cps_ray._core",
-    "cps_ray._kernels.cpu:load_serial",
-    "cps_ray.pipeline._worker",
-)
+def _child_core(config, concurrent_videos, cores, processes_per_gpu, select=True) -> VideoCore:
+    core = VideoCore(config, concurrent_videos=concurrent_videos, cores=cores, select=select,
+                     processes_per_gpu=processes_per_gpu)  # fmt: skip
+    share_cores(core.num_threads)
+    return core
 
 
-def child_video_worker(
-    config: PatchStreamConfig, concurrent_videos: int, processes_per_gpu: int = 1
-) -> VideoWorker:
-    """The :class:`VideoWorker` of an isolated child, one of ``concurrent_videos``."""
-    worker = VideoWorker(config, concurrent_videos, processes_per_gpu=processes_per_gpu)
-    share_cores(default_ffmpeg_threads(concurrent_videos))
-    return worker
+def _row_target(*args):
+    return _child_core(*args).row
+
+
+def _frames_target(*args):
+    return functools.partial(frames_on_host, _child_core(*args, select=False))
+
+
+def frames_on_host(core: VideoCore, path: str) -> DecodeResult:
+    """``core.decode(path)`` with its arrays as NumPy (to cross a process or
+    Ray's object store); raises for a bad video."""
+    out = core.decode(path)
+    frames = out.frames if isinstance(out.frames, np.ndarray) else out.frames.cpu().numpy()
+    return dataclasses.replace(out, frames=frames, frame_indices=np.asarray(out.frame_indices),
+                               timestamps=np.asarray(out.timestamps))  # fmt: skip
 
 
 class Worker:
-    """Turns one path into one row, never raising: the per-video core
-    (:class:`VideoWorker`) behind the isolation the caller asked for
-    (:func:`~cps_ray.pipeline._isolation.contained`). ``concurrent_videos``
-    callers may use it at once (threads): as many isolated children, or one
-    :class:`VideoWorker` they share. ``processes_per_gpu``: workers like this
-    one sharing a GPU (pipeline actors); isolated children multiply it."""
+    """Turns a path into a row, never raising: a :class:`VideoCore` in this
+    process (``isolation="none"``) or in ``concurrent_videos`` isolated
+    children (``"process"``), shared by the caller's threads.
 
-    def __init__(
-        self,
-        config: PatchStreamConfig,
-        concurrent_videos: int = 1,
-        *,
-        isolation: str,
-        max_attempts: int,
-        processes_per_gpu: int = 1,
-    ):
+    ``cores``: what the worker holds (default: this process's usable cores);
+    ``processes_per_gpu``: workers like this one sharing a GPU."""
+
+    def __init__(self, config: PatchStreamConfig, concurrent_videos: int = 1, *,
+                 isolation: str, max_attempts: int, cores: float | None = None,
+                 processes_per_gpu: int = 1):  # fmt: skip
         check_stream_config(config)
-        check_isolation(isolation, max_attempts)
-        self.config = config
-        # Checked here too, so a config this node cannot run fails at once.
-        self.resolved = resolve_backends(config)
+        # Resolved here, once, so a config this node cannot run fails at once;
+        # the error rows this process writes record it.
+        self.core = VideoCore(config, concurrent_videos=concurrent_videos, cores=cores,
+                              warm=isolation == "none",
+                              processes_per_gpu=processes_per_gpu)  # fmt: skip
+        children = processes_per_gpu * concurrent_videos
         self.runner = contained(
-            functools.partial(
-                VideoWorker, config, concurrent_videos, processes_per_gpu=processes_per_gpu
-            ),
-            functools.partial(
-                child_video_worker, config, concurrent_videos, processes_per_gpu * concurrent_videos
-            ),
+            lambda: self.core.row,
+            functools.partial(_row_target, config, concurrent_videos, cores, children),
             isolation=isolation,
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
             size=concurrent_videos,
-            preload=VIDEO_PRELOAD,
+            preload=preload_for(self.core),
         )
 
     def __call__(self, path: str) -> dict[str, Any]:
         ok, value = self.runner.run(path)
-        if ok:
-            return value
-        resolved = self.resolved
-        return error_row(
-            path,
-            value,
-            self.config,
-            resolved.decode_backend,
-            resolved.process_backend,
-            resolved.decode_fallback,
-        )
+        return value if ok else self.core.error_row(path, value)
 
     def close(self) -> None:
         self.runner.close()
+
+
+class FrameWorker:
+    """Turns a path into ``(True, DecodeResult with NumPy arrays)`` or
+    ``(False, (reason, kind))``: the decode half, isolated as asked."""
+
+    def __init__(self, config: PatchStreamConfig, *, isolation: str, max_attempts: int,
+                 cores: float | None = None, processes_per_gpu: int = 1):  # fmt: skip
+        check_stream_config(config)
+        self.core = VideoCore(config, cores=cores, select=False, warm=isolation == "none",
+                              processes_per_gpu=processes_per_gpu)  # fmt: skip
+        self.runner = contained(
+            lambda: functools.partial(frames_on_host, self.core),
+            functools.partial(_frames_target, config, 1, cores, processes_per_gpu),
+            isolation=isolation,
+            timeout_s=config.decode_timeout_s,
+            max_attempts=max_attempts,
+            preload=preload_for(self.core),
+        )
+
+    def __call__(self, path: str) -> tuple[bool, Any]:
+        return self.runner.run(path)

@@ -41,11 +41,11 @@ def test_warmup_runs_every_kernel_once_per_device(cuda, monkeypatch):
 
 
 @pytest.mark.parametrize("process_backend, warm", [("gpu", {0}), ("cpu", set())])
-def test_a_video_worker_warms_the_kernel_it_will_run(cuda, process_backend, warm):
-    from cps_ray.pipeline._worker import VideoWorker
+def test_a_video_core_warms_the_kernel_it_will_run(cuda, process_backend, warm):
+    from cps_ray._core import VideoCore
 
     with override_cuda_device_count(1):
-        VideoWorker(PatchStreamConfig(**{**CFG.__dict__, "process_backend": process_backend}))
+        VideoCore(PatchStreamConfig(**{**CFG.__dict__, "process_backend": process_backend}))
     assert cuda.warm_devices == warm
 
 
