@@ -73,11 +73,14 @@ def decode_video(config: DecodeConfig, resolved: ResolvedBackends, num_threads: 
     out = decode_with(config, path, resolved.decode_device, num_threads)
     # Only auto falls back (a file NVDEC cannot decode); the result says so.
     fell_back = out.device_fallback is not None
+    frames, indices, stamps = out.frames, out.frame_indices, out.timestamps
+    if not isinstance(frames, torch.Tensor):  # the CPU decodes to NumPy
+        frames, indices, stamps = map(torch.from_numpy, (frames, indices, stamps))
     return DecodeResult(
         path=path,
-        frames=out.frames,
-        frame_indices=out.frame_indices,
-        timestamps=out.timestamps,
+        frames=frames,
+        frame_indices=indices,
+        timestamps=stamps,
         decode_backend="cpu" if fell_back else resolved.decode_backend,
         decode_device="cpu" if fell_back else resolved.decode_device,
         num_frames=out.num_frames,

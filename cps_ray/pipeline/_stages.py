@@ -63,10 +63,11 @@ class FrameDecoder:
         from .._core import decode_with
 
         out = decode_with(self.config, path, self.device, self.num_threads)
+        frames, indices, stamps = out.numpy()
         return (
-            out.frames.cpu().numpy(),
-            out.frame_indices.numpy(),
-            out.timestamps.numpy(),
+            frames,
+            indices,
+            stamps,
             out.device_fallback or self.fallback or "",
             out.stream_index,
         )
