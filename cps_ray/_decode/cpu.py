@@ -15,7 +15,7 @@ import dataclasses
 
 from ..errors import DecodeError
 from .frames import VideoFrames
-from .opening import UNKNOWN_SIZE, CannotOpen, CannotServe, OnlyPictures, Request, open_container
+from .opening import UNKNOWN_SIZE, CannotOpen, CannotServe, OnlyPictures, Request, open_for_plan
 from .opening import video_stream as choose_stream
 from .planned import decode_plan, plan_packets
 from .resize import FrameConverter
@@ -28,7 +28,7 @@ def decode_cpu(req: Request, *, plan: bool = True) -> VideoFrames:
     Raises :class:`DecodeError` with a one-line reason naming the file."""
     strategy = req.uniform_strategy
     try:
-        with open_container(req.path) as container:
+        with open_for_plan(req.path) as container:
             req.limits.check_time()
             stream = _video_stream(container, req.path)
             req = dataclasses.replace(req, stream_index=stream.index)

@@ -191,14 +191,21 @@ def _mux(muxer, stream, packets, keep, last, starts, index: PacketIndex) -> None
 
 
 def _as_sequence_start(packet, nal_length: int):
-    """``packet`` (HEVC) with its CRA slices marked BLA_W_LP."""
+    """``packet`` (HEVC) with its CRA slices marked BLA_W_LP, in a new packet.
+
+    Its bytes live in a buffer FFmpeg allocated (``av.Packet(size)``): a
+    packet made from Python bytes is freed through a callback that takes the
+    GIL, and a decoder's frame thread that drops the last reference to it
+    while the codec is being closed under the GIL deadlocks.
+    """
     import av
 
-    data = bytearray(bytes(packet))
-    for unit in nal_units(memoryview(data), nal_length):
+    out = av.Packet(packet.size)
+    data = memoryview(out)
+    data[:] = memoryview(packet)
+    for unit in nal_units(data, nal_length):
         if unit[0] >> 1 & 0x3F == _HEVC_CRA:
             unit[0] = (unit[0] & 0x81) | (_HEVC_BLA_W_LP << 1)
-    out = av.Packet(bytes(data))
     out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
     out.time_base = packet.time_base
     out.is_keyframe = packet.is_keyframe
