@@ -1,5 +1,6 @@
 """The reference every CPU route is compared with: every frame of a file,
-decoded in order from the start by PyAV and converted by the CPU's one
+decoded in order from the start by PyAV (a packet the decoder rejects is
+skipped, as the ffmpeg CLI skips it) and converted by the CPU's one
 conversion (``cps_ray._decode.resize.FrameConverter``)."""
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ def full_decode(path, input_size: int | None = None, *, num_threads: int = 1):
         codec = stream.codec_context
         set_threads(codec, num_threads)
         convert = FrameConverter(input_size, (codec.height, codec.width), threads=1)
-        frames, pts = [], []
-        for frame in container.decode(stream):
-            frames.append(convert(frame))
-            pts.append(float(frame.pts * stream.time_base))
+        decoded = []
+        for packet in container.demux(stream):
+            try:
+                decoded += codec.decode(packet)  # the end marker (empty) drains
+            except av.error.InvalidDataError:
+                pass  # a damaged packet: skipped, as the ffmpeg CLI does
+        frames = [convert(frame) for frame in decoded]
+        pts = [float(frame.pts * stream.time_base) for frame in decoded]
     return np.stack(frames), np.asarray(pts)
