@@ -7,8 +7,8 @@ FFmpeg is handed an absolute path, so no prefix of a relative name
 (``pipe:0.mp4``, ``concat:a|b``) selects one of its protocols.
 
 While: :class:`Limits` holds the ``max_pixels`` cap, checked on every header
-and frame size, and the cooperative deadline, checked between opens, seeks
-and frames. Failures become one-line reasons for :class:`DecodeError`.
+and frame size, and the cooperative deadline, checked between opens,
+packets, seeks and frames. Failures become one-line reasons for :class:`DecodeError`.
 """
 
 from __future__ import annotations
