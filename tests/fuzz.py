@@ -84,7 +84,7 @@ def check(worker: IsolatedWorker, path: Path) -> Outcome:
     outcome that is neither frames nor a clear one-line error."""
     ok, value = worker.run(str(path))
     if ok:
-        frames, indices, stamps, _ = value
+        frames, indices, stamps, *_ = value  # then device_fallback, stream_index
         t, s = CONFIG.sequence_length, CONFIG.input_size
         assert frames.shape == (t, 3, s, s), (path, frames.shape)
         assert indices.shape == (t,) and stamps.shape == (t,)

@@ -71,6 +71,8 @@ def _video_stream(container, path: str):
 def _converter(stream, req: Request) -> FrameConverter:
     """The video's converter, once its header's frame size passed the limits."""
     codec = stream.codec_context
+    if codec is None:
+        raise DecodeError(req.path, "no decoder for the codec of its video stream")
     height, width = codec.height, codec.width
     if not height or not width:
         raise DecodeError(req.path, UNKNOWN_SIZE)

@@ -102,7 +102,8 @@ def open_for_plan(path: str) -> Iterator:
     """
     with open_container(path, probe=False) as container:
         video = container.streams.video
-        if len(video) == 1 and video[0].codec_context.width and video[0].codec_context.height:
+        codec = video[0].codec_context if len(video) == 1 else None  # None: no decoder
+        if codec is not None and codec.width and codec.height:
             yield container
             return
     with open_container(path) as container:
@@ -136,7 +137,9 @@ def video_stream(container):
 
     def rank(stream):
         default = bool(stream.disposition & av.stream.Disposition.default)
-        return (default, stream.frames or 0, stream.codec_context.bit_rate or 0, -stream.index)
+        codec = stream.codec_context  # None where FFmpeg has no decoder for it
+        bit_rate = codec.bit_rate if codec is not None else 0
+        return (default, stream.frames or 0, bit_rate or 0, -stream.index)
 
     return max(movies, key=rank)
 

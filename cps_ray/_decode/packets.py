@@ -110,6 +110,8 @@ def index_packets(container, stream, *, hold_bytes: int = HOLD_BYTES) -> PacketI
     is impossible."""
     import av
 
+    if stream.codec_context is None:
+        raise NoPacketIndex("no decoder for the stream's codec")
     codec = stream.codec_context.name
     nal_length = _nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
