@@ -46,13 +46,15 @@ _PROBE_CLIP = base64.b64decode(
 )
 
 
-# The libraries every decode loads: torchcodec (the system's FFmpeg) and
-# PyAV (the packet index, with its own FFmpeg).
-DECODER_MODULES = ("torchcodec.decoders", "av")
+# The library every decode loads: PyAV (FFmpeg in its wheel) decodes on the
+# CPU and indexes the packets for NVDEC. torchcodec (the GPU's decoder) is
+# loaded where a worker decodes on a GPU: by the NVDEC probe that resolves
+# ``auto`` and by size_nvdec_cache. Decoding on the CPU needs neither it nor torch.
+DECODER_MODULES = ("av",)
 
 
 def load_decoders() -> None:
-    """Import both decoders' libraries now: what a worker does when it
+    """Import the decoders' libraries now: what a worker does when it
     starts. Loaded lazily, they fell inside its first video's
     ``decode_timeout_s`` (PyAV alone takes 0.15 s on an idle machine,
     seconds on a loaded one)."""

@@ -7,8 +7,8 @@ FFmpeg is handed an absolute path, so no prefix of a relative name
 (``pipe:0.mp4``, ``concat:a|b``) selects one of its protocols.
 
 While: :class:`Limits` holds the ``max_pixels`` cap, checked on every header
-and frame size, and the cooperative deadline, checked between opens, seeks
-and frames. Failures become one-line reasons for :class:`DecodeError`.
+and frame size, and the cooperative deadline, checked between opens,
+packets, seeks and frames. Failures become one-line reasons for :class:`DecodeError`.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ FATAL_OPEN = ("no video stream", "not a video", "FFmpeg cannot open")
 
 
 def open_reason(err: Exception, path: str) -> str:
-    """The one-line reason torchcodec could not open ``path``."""
+    """The one-line reason torchcodec (the GPU route) could not open ``path``."""
     text = short_reason(err)
     if "best video stream is unknown" in text or "No valid stream" in text:
         return "no video stream in the file"
@@ -180,17 +180,22 @@ def open_reason(err: Exception, path: str) -> str:
         detail = text.split("Could not open input file:", 1)[-1].strip()
         source = " ".join(ffmpeg_path(path).split())
         detail = detail[len(source) :].strip() if detail.startswith(source) else detail
-        known_damage = (
-            "Invalid data found when processing input",
-            "End of file",
-            "Input/output error",
-        )
-        for known in known_damage:
-            if known in detail:
-                why = _missing_mp4_index(path) or f"FFmpeg: {known}"
-                return f"not a video, or too damaged to open ({why})"
-        return f"FFmpeg cannot open it ({detail})"
+        return ffmpeg_open_reason(detail, path)
     return f"cannot open it ({type(err).__name__}: {text})"
+
+
+# FFmpeg's messages for a file that is not a video, or too damaged to open.
+_KNOWN_DAMAGE = ("Invalid data found when processing input", "End of file", "Input/output error")
+
+
+def ffmpeg_open_reason(detail: str, path: str) -> str:
+    """The one-line reason FFmpeg could not open ``path``, from its error
+    message ``detail`` (``strerror`` of a PyAV error, or torchcodec's text)."""
+    for known in _KNOWN_DAMAGE:
+        if known in detail:
+            why = _missing_mp4_index(path) or f"FFmpeg: {known}"
+            return f"not a video, or too damaged to open ({why})"
+    return f"FFmpeg cannot open it ({detail})"
 
 
 def _missing_mp4_index(path: str) -> str | None:

@@ -3,18 +3,21 @@
 ``"index"``
     Frame indices ``round(linspace(0, num_frames - 1, T))`` over the true
     frame count: the packets of the video stream, listed without decoding
-    (:mod:`cps_ray._decode.packets`), or torchcodec's scan, or decoding,
-    where the packets cannot be listed.
+    (:mod:`cps_ray._decode.packets`), or, where the packets cannot be
+    listed, the frames counted by decoding them all (on the CPU) or by
+    torchcodec's scan (on a GPU).
 ``"time"``
     The frames displayed at ``T`` evenly spaced instants from the stream's
     first timestamp to its end (the last instant shows the last frame).
     Use it for variable-frame-rate video, where equal index steps are not
     equal time steps. ``frame_indices`` are the frames' display ranks
-    (estimated from the average rate only on the fallback routes).
+    (estimated from the average rate only on the GPU's fallback routes).
 ``"auto"``
-    The ``index`` frames. Where the packets cannot be listed, the header's
-    frame count is trusted while decoding proves it right, then the scan,
-    then decoding frame by frame.
+    The ``index`` frames. Where the packets cannot be listed: on the CPU,
+    decoding frame by frame, keeping the frames the header's count points
+    at (a second pass where the count was wrong); on a GPU, the header's
+    frame count while seeking proves it right, then the scan, then
+    decoding frame by frame.
 ``"keyframe"``
     Per ``index`` target, the cheapest frame to decode within half a
     sampling interval (:func:`cps_ray._decode.packets.choose_keyframes`).

@@ -235,22 +235,20 @@ def test_decode_only_needs_a_path():
 
 
 def test_private_torchcodec_hooks(media):
-    """The private torchcodec names cps_ray._decode.opening relies on, within
-    the version bound of pyproject.toml."""
+    """The private torchcodec names the GPU route (cps_ray._decode.nvdec)
+    relies on, within the version bound of pyproject.toml (on the CPU here)."""
     import torchcodec
     from torchcodec import _core
-    from torchcodec.transforms import DecoderTransform
 
-    from cps_ray._decode.opening import Request, iter_frames, resize_transforms
+    from cps_ray._decode.nvdec import iter_frames, open_decoder
+    from cps_ray._decode.opening import Request
     from cps_ray._guards import Limits
 
     major, minor = (int(x) for x in torchcodec.__version__.split(".")[:2])
     assert (0, 13) <= (major, minor) < (0, 15)
     assert callable(_core.get_next_frame)
-    assert {"_make_transform_spec", "_get_output_dims"} <= set(vars(DecoderTransform))
     path = str(media["h264.mp4"])
     limits = Limits(path, None, None)
-    transforms = resize_transforms(32, limits)
-    decoder = Request(path, 4, "auto", 32, "cpu", 1, limits).open("approximate", transforms)
+    decoder = open_decoder(Request(path, 4, "auto", None, "cpu", 1, limits), "approximate")
     frames = [frame for frame, _, _ in iter_frames(decoder, limits)]
-    assert len(frames) == 50 and frames[0].shape == (3, 32, 32)
+    assert len(frames) == 50 and frames[0].shape == (3, 120, 160)

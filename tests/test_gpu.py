@@ -23,8 +23,11 @@ from cps_ray._devices import nvdec_problem
 pytestmark = pytest.mark.gpu
 
 # Mean absolute difference, in uint8 levels, between NVDEC + torch resize
-# and FFmpeg CPU decode + swscale resize of the same frames.
-GPU_DECODE_TOLERANCE = 4.0
+# and the CPU's decode + one swscale call of the same frames. torchcodec's
+# CPU decode + the torch resize is 3.0-3.4 from the CPU's on these files
+# (320x256 testsrc2 at 128; 1.8 with torchcodec's two-step swscale before
+# swscale-bilinear-v1); NVDEC's colour conversion adds its own rounding.
+GPU_DECODE_TOLERANCE = 5.0
 
 
 def test_torchcodec_decodes_on_this_gpu():

@@ -1,15 +1,15 @@
 """The packets route: only the packets the frames need are decoded, and the
-frames are bit for bit those of decoding every frame with the same decoder."""
+frames are bit for bit those of decoding every frame with the same decoder
+and the same conversion."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from decoded import full_decode
 from media import X265, _ffmpeg, lavfi
 
 from cps_ray import DecodeConfig, decode_only
-from cps_ray._decode import resized_dims
 from cps_ray._decode.packets import (
     frame_positions,
     packets_to_decode,
@@ -50,18 +50,13 @@ def planned_media(tmp_path_factory):
     return paths
 
 
-def _full_decode(path, size=None) -> torch.Tensor:
-    """Every frame, decoded in order from the start by torchcodec."""
-    from torchcodec.decoders import VideoDecoder
-    from torchcodec.transforms import CenterCrop, Resize
+def _full_decode(path, size=None) -> np.ndarray:
+    """Every frame, decoded in order from the start by PyAV, converted as the routes do."""
+    return full_decode(path, size)[0]
 
-    decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NCHW")
-    if size is not None:
-        h, w = decoder.metadata.height, decoder.metadata.width
-        transforms = [Resize(resized_dims(h, w, size)), CenterCrop((size, size))]
-        decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NCHW",
-                               transforms=transforms)  # fmt: skip
-    return decoder.get_frames_in_range(0, len(decoder)).data
+
+def _same(out, every) -> bool:
+    return np.array_equal(out.frames.numpy(), every[out.frame_indices.numpy()])
 
 
 @pytest.mark.parametrize("name", [*SOURCES, "looped.mp4"])
@@ -73,14 +68,14 @@ def test_frames_are_those_of_a_full_decode(planned_media, name, strategy):
     every = _full_decode(path)
     assert out.route == ("keyframe" if strategy == "keyframe" else "packets")
     assert out.num_frames == len(every)
-    assert torch.equal(out.frames, every[out.frame_indices])
+    assert _same(out, every)
 
 
 def test_resized_frames_are_those_of_a_full_decode(planned_media):
     path = planned_media["hevc_open_gop.mkv"]
     out = decode_only(DecodeConfig(str(path), sequence_length=16, input_size=48))
     assert out.route == "packets"
-    assert torch.equal(out.frames, _full_decode(path, 48)[out.frame_indices])
+    assert _same(out, _full_decode(path, 48))
 
 
 @pytest.mark.parametrize("name", ["h264_bpyramid.mp4", "hevc_bpyramid.mp4", "hevc_open_gop.mkv"])
@@ -110,7 +105,7 @@ def test_leading_pictures_of_an_open_gop_decode_from_the_group_before(planned_me
     frames = np.asarray(leading)
     keep = packets_to_decode(index, frames)
     assert keep[index.start[frames]].all()
-    assert torch.equal(out.frames, every[out.frame_indices])
+    assert _same(out, every)
 
 
 @pytest.mark.parametrize("strategy", ["keyframe", "index"])
@@ -127,7 +122,7 @@ def test_jumps_between_open_gops_start_a_new_sequence(tmp_path, strategy):
     index = read_index(str(path))
     keep = packets_to_decode(index, out.frame_indices.numpy())
     assert sequence_starts(index, keep).sum() >= 2
-    assert torch.equal(out.frames, _full_decode(path)[out.frame_indices])
+    assert _same(out, _full_decode(path))
 
 
 def test_groups_without_a_wanted_frame_are_left_out(planned_media):

@@ -1,4 +1,4 @@
-"""The torch resize policy (used after NVDEC decode) against the decoder side."""
+"""The torch resize policy (used after NVDEC decode) against the CPU's swscale."""
 
 import pytest
 import torch
@@ -7,9 +7,13 @@ from cps_ray import DecodeConfig, decode_only
 from cps_ray._decode.resize import RESIZE_CHUNK_BYTES, chunk_frames_for, resize_center_crop
 
 # Mean absolute difference, in uint8 levels, allowed between the GPU path's
-# torch resize and FFmpeg's swscale: both bilinear and antialiased, they
-# differ in filter support and rounding.
-RESIZE_TOLERANCE = 3.0
+# torch resize (of native RGB frames) and the CPU's one swscale call (YUV to
+# RGB and the scale at once): both bilinear and antialiased, they differ in
+# filter support and rounding, and swscale scales the 4:2:0 chroma planes
+# from their own half size. On testsrc2's one-pixel coloured lines that is
+# 2.3-5.8 levels here (4.1 for h264.mp4, 5.8 for the 0.75 scale of
+# portrait_64x112.mp4); on photographs at 224, under 1.
+RESIZE_TOLERANCE = 6.5
 
 
 @pytest.mark.parametrize("name", ["h264.mp4", "portrait_64x112.mp4", "rot90.mp4", "odd_97x71.webm"])

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from media import X264, _ffmpeg, lavfi
 
 from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, local_stream, patch_stream
+from cps_ray._decode.cpu import decode_cpu
 from cps_ray._decode.opening import Request
-from cps_ray._decode.routes import decode_routes
 from cps_ray._guards import Limits
 
 
@@ -78,22 +79,21 @@ def test_the_stream_torchcodec_picks(tracks, name):
 @pytest.mark.parametrize("name", ["best_second.mp4", "best_second.mkv", "cover_first.mkv"])
 @pytest.mark.parametrize("strategy", ["index", "time", "keyframe"])
 def test_the_plan_and_the_routes_decode_the_same_frames(tracks, name, strategy):
-    """The packet plan (remuxed from the chosen stream) and the routes that
-    decode the file itself give the busy track's frames, bit for bit."""
+    """The packet plan (of the chosen stream) and the route that decodes
+    the file itself give the busy track's frames, bit for bit."""
     path = str(tracks[name])
     planned = _decode(path, uniform_strategy=strategy)
     assert planned.route == ("keyframe" if strategy == "keyframe" else "packets")
     alone = _decode(tracks["busy.mp4"], uniform_strategy=strategy)
     assert torch.equal(planned.frames, alone.frames)
     assert torch.equal(planned.frame_indices, alone.frame_indices)
-    request = Request(path, 6, strategy, None, "cpu", 1, Limits(path, None, None),
-                      planned.stream_index)  # fmt: skip
-    routed = "index" if strategy == "keyframe" else strategy
-    _, positions, frames, _, _, stream = decode_routes(request, None, routed)
-    assert stream == planned.stream_index
+    request = Request(path, 6, strategy, None, "cpu", 1, Limits(path, None, None))
+    routed = decode_cpu(request, plan=False)
+    assert routed.route == "sequential"
+    assert routed.stream_index == planned.stream_index
     if strategy != "keyframe":
-        assert torch.equal(positions, planned.frame_indices)
-        assert torch.equal(frames, planned.frames)
+        assert np.array_equal(routed.frame_indices, planned.frame_indices.numpy())
+        assert np.array_equal(routed.frames, planned.frames.numpy())
 
 
 def test_a_damaged_copy_decodes_the_same_stream(tracks):

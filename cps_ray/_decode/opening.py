@@ -1,27 +1,24 @@
-"""Opening a video with torchcodec, and the shims over torchcodec's API.
+"""Opening a video with PyAV, choosing its video stream, and decoding its
+packets: what every CPU route shares (and the GPU route's packet plan).
 
-Private torchcodec hooks used here, each pinned by the ``torchcodec<0.15``
-bound in ``pyproject.toml`` and exercised by ``tests/test_decode.py``:
-
-- ``torchcodec._core.get_next_frame`` (decode the next frame without a seek,
-  for the frame-by-frame route);
-- ``VideoDecoder._decoder`` (the core decoder object that op takes);
-- ``DecoderTransform._make_transform_spec`` / ``_get_output_dims`` (a resize
-  whose size depends on the frame size, known only once the file is open).
+Nothing here imports torch or torchcodec: a process that decodes on the CPU
+loads PyAV (FFmpeg in its wheel) and NumPy only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import torch
+from .._guards import Limits, ffmpeg_open_reason, ffmpeg_path, open_by_handle
 
-from .._guards import Limits, ffmpeg_path, open_by_handle
-from .resize import resized_dims
-
-# torchcodec's errors for a file it cannot open, seek or decode.
-TORCHCODEC_ERRORS = (RuntimeError, ValueError, IndexError)
+# A stream whose frame size FFmpeg's probe did not find (torchcodec cannot
+# open it; the routes decode by the size the header states).
+UNKNOWN_SIZE = (
+    "no video stream of known frame size: FFmpeg found no decodable frame while "
+    "probing the start of the file"
+)
 
 
 class CannotServe(Exception):
@@ -29,8 +26,17 @@ class CannotServe(Exception):
     route tries. The message says why, for the error row if none can."""
 
 
-class UnknownFrameSize(Exception):
-    """The header has no frame size, so the resize cannot be planned yet."""
+class CannotOpen(CannotServe):
+    """FFmpeg (PyAV) cannot open the file; ``reason`` and ``kind`` are the
+    error row's (see :mod:`cps_ray.errors`)."""
+
+    def __init__(self, reason: str, kind: str = "corrupt"):
+        super().__init__(reason)
+        self.reason, self.kind = reason, kind
+
+
+class OnlyPictures(Exception):
+    """The file's only video streams are attached pictures (cover art)."""
 
 
 @dataclass(frozen=True)
@@ -44,124 +50,151 @@ class Request:
     device: str
     num_threads: int
     limits: Limits
-    # The file's video stream (see packets.video_stream); None: torchcodec's pick.
+    # The file's video stream (see video_stream); None: not chosen yet.
     stream_index: int | None = None
 
-    def open(self, seek_mode: str, transforms=None, source=None):
-        """A torchcodec ``VideoDecoder`` of the file's video stream (or of
-        ``source``, a file-like object holding one stream), checked against
-        the limits before any frame is decoded."""
-        options = dict(
-            stream_index=self.stream_index if source is None else None,
-            seek_mode=seek_mode,
-            num_ffmpeg_threads=self.num_threads,
-            device=self.device,
-            transforms=transforms,
-            dimension_order="NCHW",
-        )
-        from torchcodec.decoders import VideoDecoder
 
-        if source is None:
-            source = ffmpeg_path(self.path)
-            if open_by_handle(source):
-                source = open(source, "rb")  # the decoder keeps the file open
-        decoder = VideoDecoder(source, **options)
-        self.limits.check_time()
-        md = decoder.metadata
-        self.limits.check_size(md.height, md.width)
-        return decoder
+@contextlib.contextmanager
+def open_container(path: str, *, probe: bool = True) -> Iterator:
+    """PyAV's input container of ``path``, closed on exit (the file handle
+    too, for names FFmpeg must not parse: see :func:`open_by_handle`).
 
+    ``probe=False``: FFmpeg's probe reads the packets it needs but decodes
+    none. It decodes the first frames otherwise (3 ms for a 360p H.264 MP4,
+    7 ms at 720p), to learn what a decoder learns anyway: the pixel format
+    and, for H.264 without reordering limits in its SPS, the reorder depth.
+    It also counts frames per stream, which FFmpeg's choice among several
+    video streams weighs: see :func:`open_for_plan`.
 
-def resize_transforms(input_size: int | None, limits: Limits, frame_size=None) -> list | None:
-    """Decoder-side transforms of the resize policy.
-
-    ``frame_size`` (h, w) is for files whose header lacks it; otherwise the
-    size is read from the (rotation-corrected) metadata when the file opens,
-    and checked against ``max_pixels`` before the codec is set up.
+    Raises:
+        CannotOpen: FFmpeg cannot open it; the reason names why.
     """
-    if input_size is None:
+    import av
+
+    source = ffmpeg_path(path)  # absolute: no prefix of the name is a protocol
+    options = None if probe else {"skip_frame": "all"}  # the probe's decoders only
+    try:
+        handle = open(source, "rb") if open_by_handle(source) else None
+    except OSError as err:
+        raise CannotOpen(f"cannot open the file ({err.strerror})", "unreadable") from None
+    try:
+        try:
+            container = av.open(handle or source, options=options, metadata_errors="replace")
+        except av.error.FFmpegError as err:
+            raise CannotOpen(ffmpeg_open_reason(err.strerror or str(err), path)) from None
+        with container:
+            yield container
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+@contextlib.contextmanager
+def open_for_plan(path: str) -> Iterator:
+    """:func:`open_container` without the probe's decoding where that changes
+    nothing the routes use: one video stream, whose size the header states.
+    Else (several video streams, whose choice weighs the frames the probe
+    decodes; no size before decoding), the container probed as usual.
+
+    The frames are the same either way: a decoder that starts from a lower
+    guess of H.264's reorder depth can drop a frame while it learns the
+    depth, never change one, and the packet plan checks that every wanted
+    frame comes out (the frame-by-frame route opens the file as usual).
+    """
+    with open_container(path, probe=False) as container:
+        video = container.streams.video
+        codec = video[0].codec_context if len(video) == 1 else None  # None: no decoder
+        if codec is not None and codec.width and codec.height:
+            yield container
+            return
+    with open_container(path) as container:
+        yield container
+
+
+def video_stream(container):
+    """The video stream cps_ray decodes: the one FFmpeg's
+    ``av_find_best_stream`` (and so torchcodec) picks by default, never an
+    attached picture; ``None`` when the file has no video stream.
+
+    FFmpeg ranks streams by disposition, frames seen while probing, then
+    bit rate; where its pick is an attached picture, the best of the other
+    video streams by disposition, frame count and bit rate is taken.
+
+    Raises:
+        OnlyPictures: every video stream is an attached picture.
+    """
+    import av
+
+    streams = list(container.streams.video)
+    if not streams:
         return None
-    from torchcodec.transforms import CenterCrop, Resize
+    pictures = av.stream.Disposition.attached_pic
+    movies = [s for s in streams if not s.disposition & pictures]
+    if not movies:
+        raise OnlyPictures()
+    best = container.streams.best("video")
+    if best is not None and not best.disposition & pictures:
+        return best
 
-    first = (
-        _short_side_resize(input_size, limits)
-        if frame_size is None
-        else Resize(resized_dims(frame_size[0], frame_size[1], input_size))
-    )
-    return [first, CenterCrop((input_size, input_size))]
+    def rank(stream):
+        default = bool(stream.disposition & av.stream.Disposition.default)
+        codec = stream.codec_context  # None where FFmpeg has no decoder for it
+        bit_rate = codec.bit_rate if codec is not None else 0
+        return (default, stream.frames or 0, bit_rate or 0, -stream.index)
 
-
-_SHORT_SIDE_RESIZE = None
-
-
-def _short_side_resize(size: int, limits: Limits):
-    global _SHORT_SIDE_RESIZE
-    if _SHORT_SIDE_RESIZE is None:
-        from torchcodec.transforms import DecoderTransform
-
-        class ShortSideResize(DecoderTransform):
-            """Decoder-side resize whose output size depends on the input's
-            (rotated) size, which torchcodec only knows once the file is open."""
-
-            def __init__(self, size: int, limits: Limits):
-                self.size = size
-                self.limits = limits
-                self._out: tuple[int, int] | None = None
-
-            def _make_transform_spec(self, input_dims):
-                height, width = input_dims
-                if not height or not width:
-                    raise UnknownFrameSize()
-                self.limits.check_size(height, width)
-                self._out = resized_dims(int(height), int(width), self.size)
-                return f"resize, {self._out[0]}, {self._out[1]}"
-
-            def _get_output_dims(self):
-                return self._out
-
-        _SHORT_SIDE_RESIZE = ShortSideResize
-    return _SHORT_SIDE_RESIZE(size, limits)
+    return max(movies, key=rank)
 
 
-def iter_frames(decoder, limits: Limits) -> Iterator[tuple[torch.Tensor, float, float]]:
-    """Frames in decode order from the start, without seeking.
+def set_threads(codec_context, num_threads: int) -> None:
+    """FFmpeg's decoder threads, as torchcodec and the ffmpeg CLI set them
+    (frame and slice threads; PyAV's own default is every core, slices only).
+    Threads change the speed, never the frames."""
+    codec_context.thread_count = num_threads
+    codec_context.thread_type = "AUTO"
 
-    torchcodec's public indexing always seeks, which is exactly what fails
-    on files the frame-by-frame route exists for; its core op
-    ``get_next_frame`` does not. A decoding error mid-file ends the walk:
-    what came before is kept. The deadline is checked before every frame.
+
+def decode_packet(codec_context, packet, limits: Limits) -> list:
+    """The frames ``codec_context`` outputs once it has ``packet``, their
+    sizes checked against ``max_pixels``. Raises PyAV's errors."""
+    frames = codec_context.decode(packet)
+    for frame in frames:
+        limits.check_size(frame.height, frame.width)
+    return frames
+
+
+def decoded_frames(codec_context, packets: Iterable, limits: Limits) -> Iterator:
+    """Every frame ``codec_context`` outputs for ``packets``, then drained.
+
+    A packet the decoder rejects is skipped, as the ffmpeg CLI skips it; an
+    error while reading (demuxing) ends the packets. Every frame's size is
+    checked against ``max_pixels``, and the deadline before every packet.
     """
-    from torchcodec import _core
+    import av
 
+    iterator = iter(packets)
     while True:
         limits.check_time()
         try:
-            frame, pts, duration = _core.get_next_frame(decoder._decoder)
-        except (IndexError, RuntimeError):
-            return
-        limits.check_size(frame.shape[-2], frame.shape[-1])
-        yield frame, float(pts), float(duration)
-
-
-# Frames fetched per seek call, so that the deadline is checked between seeks.
-SEEK_CHUNK = 8
-
-
-def seek_frames(get, targets: list, limits: Limits):
-    """(data, pts, duration) of ``get(targets)``, a few targets per call.
-    torchcodec's errors become :class:`CannotServe`."""
-    parts = []
-    for start in range(0, len(targets), SEEK_CHUNK):
-        limits.check_time()
+            packet = next(iterator)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            break  # a damaged file ends here: what came before is kept
+        if packet.size == 0:
+            continue  # the demuxer's end marker: drained below
         try:
-            parts.append(get(targets[start : start + SEEK_CHUNK]))
-        except TORCHCODEC_ERRORS as err:
-            raise CannotServe(f"seeking failed: {err}") from None
-    limits.check_size(*parts[0].data.shape[-2:])
-    if len(parts) == 1:
-        return parts[0].data, parts[0].pts_seconds, parts[0].duration_seconds
-    return (
-        torch.cat([b.data for b in parts]),
-        torch.cat([b.pts_seconds for b in parts]),
-        torch.cat([b.duration_seconds for b in parts]),
-    )
+            frames = decode_packet(codec_context, packet, limits)
+        except av.error.FFmpegError:
+            continue
+        yield from frames
+    yield from drain(codec_context, limits)
+
+
+def drain(codec_context, limits: Limits) -> list:
+    """The frames the decoder still holds (end of stream, or before a jump)."""
+    import av
+
+    try:
+        return decode_packet(codec_context, None, limits)
+    except av.error.FFmpegError:
+        return []

@@ -23,9 +23,8 @@ starts at the keyframe before. Packets before the first keyframe, and the
 leading pictures of the first keyframe, cannot be decoded at all: they are
 not frames of the video here, as they are not for ``ffmpeg -i``.
 
-PyAV is used because it exposes packets, their flags and their bytes without
-decoding; torchcodec 0.13 has neither a public packet index nor a way to skip
-frames. The pixels still come from torchcodec (see :mod:`.planned`).
+The packets held here are the ones the CPU decodes (see :mod:`.planned`):
+the file is read once.
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import _sampling as sampling
-from .._guards import open_by_handle
-from .opening import CannotServe
+from .opening import CannotOpen, CannotServe, open_container, video_stream
 
 # Packets held from the index pass for the decode, so that a file is read
 # once; past this many bytes they are read again for the packets planned.
@@ -94,60 +92,16 @@ class PacketIndex:
         return len(self.pts_seconds)
 
 
-def open_container(path: str):
-    """PyAV's container of ``path``; :class:`NoPacketIndex` where PyAV
-    cannot open it."""
-    import av
-
-    try:
-        return av.open(open(path, "rb") if open_by_handle(path) else path)
-    except (av.error.FFmpegError, OSError) as err:
-        raise NoPacketIndex(f"PyAV cannot open it: {err}") from None
-
-
-class OnlyPictures(Exception):
-    """The file's only video streams are attached pictures (cover art)."""
-
-
-def video_stream(container):
-    """The video stream cps_ray decodes: the one FFmpeg's
-    ``av_find_best_stream`` (and so torchcodec) picks by default, never an
-    attached picture; ``None`` when the file has no video stream.
-
-    FFmpeg ranks streams by disposition, frames seen while probing, then
-    bit rate; where its pick is an attached picture, the best of the other
-    video streams by disposition, frame count and bit rate is taken.
-
-    Raises:
-        OnlyPictures: every video stream is an attached picture.
-    """
-    import av
-
-    streams = list(container.streams.video)
-    if not streams:
-        return None
-    pictures = av.stream.Disposition.attached_pic
-    movies = [s for s in streams if not s.disposition & pictures]
-    if not movies:
-        raise OnlyPictures()
-    best = container.streams.best("video")
-    if best is not None and not best.disposition & pictures:
-        return best
-
-    def rank(stream):
-        default = bool(stream.disposition & av.stream.Disposition.default)
-        return (default, stream.frames or 0, stream.codec_context.bit_rate or 0, -stream.index)
-
-    return max(movies, key=rank)
-
-
 def read_index(path: str) -> PacketIndex:
     """The packet index of ``path``'s video stream (no packets held)."""
-    with open_container(path) as container:
-        stream = video_stream(container)
-        if stream is None:
-            raise NoPacketIndex("no video stream")
-        return index_packets(container, stream, hold_bytes=0)
+    try:
+        with open_container(path) as container:
+            stream = video_stream(container)
+            if stream is None:
+                raise NoPacketIndex("no video stream")
+            return index_packets(container, stream, hold_bytes=0)
+    except CannotOpen as err:
+        raise NoPacketIndex(f"PyAV cannot open it: {err.reason}") from None
 
 
 def index_packets(container, stream, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
@@ -156,6 +110,8 @@ def index_packets(container, stream, *, hold_bytes: int = HOLD_BYTES) -> PacketI
     is impossible."""
     import av
 
+    if stream.codec_context is None:
+        raise NoPacketIndex("no decoder for the stream's codec")
     codec = stream.codec_context.name
     nal_length = _nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
