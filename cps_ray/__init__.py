@@ -40,6 +40,7 @@ _LAZY = {
     "patch_dataset": ".pipeline",
     "write_shards": ".pipeline",
     "select_patches": "._select",
+    "rebuild_clip": "._rebuild",
 }
 
 
@@ -73,6 +74,7 @@ __all__ = [
     "local_stream",
     "patch_dataset",
     "patch_stream",
+    "rebuild_clip",
     "resolve_backends",
     "row_patches",
     "select_patches",

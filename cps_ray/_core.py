@@ -94,7 +94,10 @@ class PatchStream:
     patches: ``output_dtype [k_keep, 3, p, p]`` in [0, 1].
     metadata_tensors: ``(meta_fields int32 [k_keep, 3] = (t, row, col),
     meta_scores float32 [k_keep])``.
-    Both live on the CPU for ``process_backend="cpu"`` and on
+    meta_motion: float32 ``[T, 2, 3]``, the camera motion ``A_t`` (frame t's
+    pixel ``(x, y, 1)`` -> frame t - 1) the energies compensated; identity
+    rows with ``motion="none"``. See :func:`cps_ray.rebuild_clip`.
+    All live on the CPU for ``process_backend="cpu"`` and on
     ``cuda:{process_device_id}`` for ``"gpu"``. After :meth:`close` they are
     released and reading them raises :class:`~cps_ray.errors.SessionClosedError`.
     device_fallback: as in :class:`DecodeResult`.
@@ -109,6 +112,7 @@ class PatchStream:
         meta_fields: torch.Tensor,
         meta_scores: torch.Tensor,
         select_seconds: float,
+        meta_motion: torch.Tensor,
     ):
         self.config = config
         self.path = decoded.path
@@ -124,13 +128,14 @@ class PatchStream:
         self.decode_seconds = decoded.decode_seconds
         self.device_fallback = decoded.device_fallback
         self.select_seconds = select_seconds
-        self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
+        self._tensors: tuple[torch.Tensor, ...] | None = (
             patches,
             meta_fields,
             meta_scores,
+            meta_motion,
         )
 
-    def _get(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _get(self) -> tuple[torch.Tensor, ...]:
         if self._tensors is None:
             raise SessionClosedError(
                 f"patch_stream session for {self.path} is closed; its tensors were released"
@@ -143,8 +148,12 @@ class PatchStream:
 
     @property
     def metadata_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        _, fields, scores = self._get()
+        _, fields, scores, _ = self._get()
         return fields, scores
+
+    @property
+    def meta_motion(self) -> torch.Tensor:
+        return self._get()[3]
 
     @property
     def closed(self) -> bool:
@@ -180,9 +189,11 @@ def run_patch_stream(
         # cpu -> gpu, gpu -> cpu, or between two GPUs; gpu -> gpu on one
         # device keeps the frames where they are.
         frames = frames.to(resolved.process_device)
-    patches, fields, scores = select_video(frames, config, decoded.path, resolved.process_backend)
+    patches, fields, scores, motion = select_video(
+        frames, config, decoded.path, resolved.process_backend
+    )
     return PatchStream(
-        config, decoded, resolved, patches, fields, scores, time.perf_counter() - start
+        config, decoded, resolved, patches, fields, scores, time.perf_counter() - start, motion
     )
 
 

@@ -209,7 +209,8 @@ class SelectStage:
             error = batch["error"][i]
             if not isinstance(error, str) or not error:
                 try:
-                    patches, fields, scores = self.select(batch["frames"][i], path, backend)
+                    # meta_motion (the 4th) is not a row column yet.
+                    patches, fields, scores, _ = self.select(batch["frames"][i], path, backend)
                     rows.append(
                         make_row(
                             path,
