@@ -3,12 +3,12 @@ motion"): one deterministic estimate per clip, on the CPU, handed to every
 selection kernel as one fixed-point warp.
 
 The estimator (:mod:`cps_ray._kernels.motion`, described in
-``docs/selection.md``): integer luma summed over blocks of ``S // 56`` pixels
-(on the frames' own device, so a GPU clip copies 16 KiB, not its frames), a
-three-level pyramid, an exhaustive translation search on the coarsest level,
-then a robust Gauss-Newton fit of a similarity on the two finer ones; a model
-that does not halve the residual over the overlap, or moves no pixel by half
-a pixel, is no motion.
+``docs/selection.md``): the green channel summed over blocks of ``S // 56``
+pixels, in integers (on the frames' own device, so a GPU clip copies 200 KiB,
+not its frames), a three-level pyramid, an exhaustive translation search on
+the coarsest level, then a robust Gauss-Newton fit of a similarity on the two
+finer ones; a model that does not halve the residual over the overlap, or
+moves no pixel by half a pixel, is no motion.
 
 NumPy and Numba only on a NumPy input: a select actor on the CPU never
 imports torch.
@@ -27,24 +27,22 @@ def base_factor(size: int) -> int:
     return max(1, size // kernels.BASE_SIZE)
 
 
-def luma(frames) -> np.ndarray:
-    """int32 ``[T, h, w]`` on the host: per block of :func:`base_factor`
-    pixels, the sum of ``77 R + 150 G + 29 B``, from uint8 ``[T, 3, S, S]``
-    frames (NumPy, or torch on any device: summed there, in integers, so
-    every device gives the same sums)."""
+def block_sums(frames) -> np.ndarray:
+    """int32 ``[T, h, w]`` on the host: the green channel of uint8
+    ``[T, 3, S, S]`` frames summed over blocks of :func:`base_factor` pixels
+    (NumPy, or torch on any device: summed there, in integers, so every
+    device gives the same sums)."""
     size = frames.shape[-1]
     factor = base_factor(size)
     side = size // factor
     if isinstance(frames, np.ndarray):
         out = np.empty((frames.shape[0], side, side), np.int32)
-        kernels.luma_sums(np.ascontiguousarray(frames), factor, out)
+        kernels.green_sums(np.ascontiguousarray(frames), factor, out)
         return out
     import torch
 
-    weights = torch.tensor(kernels.LUMA_WEIGHTS, dtype=torch.int32, device=frames.device)
-    crop = frames[:, :, : side * factor, : side * factor].to(torch.int32)
-    weighted = (crop * weights.view(1, 3, 1, 1)).sum(dim=1)
-    blocks = weighted.view(-1, side, factor, side, factor).sum(dim=(2, 4), dtype=torch.int32)
+    green = frames[:, 1, : side * factor, : side * factor].to(torch.int32)
+    blocks = green.reshape(-1, side, factor, side, factor).sum(dim=(2, 4), dtype=torch.int32)
     return blocks.cpu().numpy()
 
 
@@ -53,9 +51,9 @@ def estimate_motion(frames) -> np.ndarray:
     pixel ``(x, y)`` of frame ``t`` to ``A_t (x, y, 1)`` in frame ``t - 1``
     (origin at the centre of the top-left pixel), as estimated; the
     identity for frame 0 and wherever no motion is found."""
-    sums = luma(frames)
+    sums = block_sums(frames)
     factor = base_factor(frames.shape[-1])
-    base = sums.astype(np.float64) / float(256 * factor * factor)
+    base = sums.astype(np.float64) / float(factor * factor)
     out = np.empty((sums.shape[0], 6))
     kernels.estimate_clip(base, factor, frames.shape[-1], out)
     return out.reshape(-1, 2, 3)

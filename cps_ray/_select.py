@@ -183,7 +183,7 @@ def select_patches(
     from ._kernels import cuda as cuda_kernel
     from ._motion import motion_warp
 
-    # Estimated on the host from a small luma summed on the frames' device.
+    # Estimated on the host from block sums made on the frames' device.
     warp, meta_motion = motion_warp(frames, motion)
     patches, flat, energies = cuda_kernel.select(
         frames,

@@ -1,8 +1,9 @@
 """Numba kernels of the global motion estimator (see :mod:`cps_ray._motion`):
-a luma pyramid, an exhaustive translation search on its coarsest level, and
-Gauss-Newton refinement of a similarity (scale, rotation, translation) on
-the two finer levels, robust to local motion (Huber weights), then a test
-that the model explains the frame.
+a pyramid of the green channel (most of the luma, a third of the bytes), an
+exhaustive translation search on its coarsest level, and Gauss-Newton
+refinement of a similarity (scale, rotation, translation) on the two finer
+levels, robust to local motion (Huber weights), then a test that the model
+explains the frame.
 
 Every loop runs in a fixed order in float64 without fast-math, and the small
 linear algebra is written out (no LAPACK): the same frames give the same
@@ -14,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Luma weights (BT.601, in 1/256): integer, so NumPy, Numba and torch agree.
-LUMA_WEIGHTS = (77, 150, 29)
 # The finest level is about this wide: a quarter of 224.
 BASE_SIZE = 56
 # Below this base width there is too little to estimate from: no motion.
@@ -41,10 +40,10 @@ MAX_SCALE_CHANGE = 0.25
 
 
 @njit(cache=True, nogil=True)
-def luma_sums(frames, factor, out):
-    # frames uint8 [T, 3, S, S] -> out int32 [T, h, w]: per factor x factor
-    # block, the sum of 77 R + 150 G + 29 B (the block at the top left; the
-    # last S % factor rows and columns are left out).
+def green_sums(frames, factor, out):
+    # frames uint8 [T, 3, S, S] -> out int32 [T, h, w]: the green channel
+    # summed over factor x factor blocks (the last S % factor rows and
+    # columns are left out).
     num_t = frames.shape[0]
     h = out.shape[1]
     w = out.shape[2]
@@ -53,13 +52,9 @@ def luma_sums(frames, factor, out):
         for v in range(h):
             columns[:] = 0
             for y in range(v * factor, v * factor + factor):
-                red = frames[t, 0, y]
                 green = frames[t, 1, y]
-                blue = frames[t, 2, y]
                 for x in range(w * factor):
-                    columns[x] += (
-                        np.int32(77) * red[x] + np.int32(150) * green[x] + np.int32(29) * blue[x]
-                    )
+                    columns[x] += green[x]
             for u in range(w):
                 acc = np.int32(0)
                 for x in range(u * factor, u * factor + factor):
@@ -282,7 +277,7 @@ def _fit(prev, cur, factor, centre, first_level, m):
 
 @njit(cache=True, nogil=True)
 def estimate_clip(base, factor, size, out):
-    # base float64 [T, h, w]: the base level's luma (grey levels) at
+    # base float64 [T, h, w]: the base level (grey levels of green) at
     # `factor` pixels of the S x S frames per pixel -> out float64 [T, 6]:
     # per frame t >= 1 (a, b, tx, c, d, ty) mapping pixels of frame t
     # (origin at the top-left pixel's centre) to frame t - 1; the identity
@@ -351,5 +346,5 @@ def warmup() -> None:
     """Compile (or load from Numba's cache) the estimator's kernels now."""
     frames = np.zeros((2, 3, 2 * MIN_BASE_SIZE, 2 * MIN_BASE_SIZE), np.uint8)
     sums = np.empty((2, 2 * MIN_BASE_SIZE, 2 * MIN_BASE_SIZE), np.int32)
-    luma_sums(frames, 1, sums)
+    green_sums(frames, 1, sums)
     estimate_clip(sums.astype(np.float64), 1, frames.shape[-1], np.empty((2, 6)))
