@@ -58,14 +58,15 @@ def rebuild_clip(patches, meta_fields, meta_motion, *, input_size: int) -> np.nd
     """
     pixels = _pixels(_host(patches))
     fields = _host(meta_fields).astype(np.int64)
-    warp = motion_to_warp(_host(meta_motion))
+    motion = _host(meta_motion)
+    if motion.ndim != 3 or motion.shape[0] < 1 or motion.shape[1:] != (2, 3):
+        raise ConfigError("meta_motion", f"shape {motion.shape}", "It must be [T, 2, 3].")
+    warp = motion_to_warp(motion)
     if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3]:
         raise ConfigError("patches", f"shape {pixels.shape}", "Patches must be [k, 3, p, p].")
     k, p = pixels.shape[0], pixels.shape[2]
     if fields.shape != (k, 3):
         raise ConfigError("meta_fields", f"shape {fields.shape}", f"It must be [k, 3] = {(k, 3)}.")
-    if warp.shape[0] < 1 or np.asarray(meta_motion).shape[-2:] != (2, 3):
-        raise ConfigError("meta_motion", f"shape {np.shape(meta_motion)}", "It must be [T, 2, 3].")
     if not isinstance(input_size, int) or input_size < 1 or input_size % p:
         raise ConfigError("input_size", input_size, f"It must be a multiple of the patch size {p}.")
     num_t, g = warp.shape[0], input_size // p
