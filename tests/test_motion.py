@@ -102,6 +102,18 @@ def test_no_motion_on_a_still_scene_with_a_moving_object(scene):
         assert torch.equal(x, y)
 
 
+def test_no_motion_when_a_textured_object_crosses_a_smooth_background(scene):
+    # the object holds all the texture, so a global fit follows it; the
+    # still background (a gentle ramp) tells that the camera did not move
+    ramp = np.linspace(70, 150, SIZE)
+    background = np.broadcast_to((ramp[None, :] + ramp[:, None] / 3)[None], (3, SIZE, SIZE))
+    frames = np.repeat(np.rint(background).astype(np.uint8)[None], 6, axis=0)
+    texture = _render(scene, 1.0, (320, 320))[:, :90, :90]
+    for t in range(6):
+        frames[t, :, 20 + 16 * t : 110 + 16 * t, 30 + 12 * t : 120 + 12 * t] = texture
+    assert (global_warp(frames) == reference.identity_warp(6)).all()
+
+
 @pytest.mark.parametrize(
     "frames",
     [

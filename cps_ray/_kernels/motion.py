@@ -31,8 +31,15 @@ TOLERANCE = (0.05, 0.1)
 # Per level: the template's pixels on a grid of this step.
 STEP = (2, 1)
 # A model is kept when its residual over the overlap is below this share of
-# the identity's: local motion over a still background never gets there.
+# the identity's (local motion over a still background rarely gets there)...
 ACCEPT_RATIO = 0.5
+# ... and the median of a BLOCKS x BLOCKS grid of blocks gets no more than
+# BLOCK_RATIO times worse, residuals counted above a floor of NOISE_FLOOR
+# (squared grey levels per pixel): where the background is still and a small
+# region moves, most blocks are made worse by any camera motion.
+BLOCKS = 7
+BLOCK_RATIO = 1.0
+NOISE_FLOOR = 0.25
 # The model must move some pixel by this much (pixels of S), else no motion.
 MIN_DISPLACEMENT = 0.5
 # Plausible motion between two neighbouring sampled frames.
@@ -231,23 +238,44 @@ def _gauss_newton(prev, cur, factor, offset, half_size, step, tolerance, huber, 
 
 
 @njit(cache=True, nogil=True)
-def _overlap_costs(prev, cur, factor, offset, step, m):
-    # Sums of squared residuals over the pixels of cur (on a grid of `step`)
-    # that m maps inside prev: under m, and under the identity.
+def _explains(prev, cur, factor, offset, step, m):
+    # Whether m explains cur from prev better than no motion, over the pixels
+    # of cur (on a grid of `step`) that m maps inside prev: the sum of squared
+    # residuals falls below ACCEPT_RATIO of the identity's, and the median
+    # block of a BLOCKS x BLOCKS grid gets no more than BLOCK_RATIO times
+    # worse (local motion over a still background makes the still blocks worse).
     h, w = cur.shape
     a, b, lx, c, d, ly = _level_warp(m, factor, offset)
-    moved = 0.0
-    still = 0.0
+    side = min(h, w) // BLOCKS
+    moved = np.zeros(BLOCKS * BLOCKS)
+    still = np.zeros(BLOCKS * BLOCKS)
+    count = np.zeros(BLOCKS * BLOCKS)
+    moved_total = 0.0
+    still_total = 0.0
     for v in range(0, h, step):
         for u in range(0, w, step):
             xs = a * u + b * v + lx
             ys = c * u + d * v + ly
             if xs >= 0.0 and ys >= 0.0 and xs < w - 1 and ys < h - 1:
                 e = _sample(prev, xs, ys) - cur[v, u]
-                moved += e * e
-                e = prev[v, u] - cur[v, u]
-                still += e * e
-    return moved, still
+                e0 = prev[v, u] - cur[v, u]
+                moved_total += e * e
+                still_total += e0 * e0
+                if v < side * BLOCKS and u < side * BLOCKS:
+                    block = (v // side) * BLOCKS + u // side
+                    moved[block] += e * e
+                    still[block] += e0 * e0
+                    count[block] += 1.0
+    if not moved_total < ACCEPT_RATIO * still_total:
+        return False
+    ratios = np.empty(BLOCKS * BLOCKS)
+    n = 0
+    for i in range(BLOCKS * BLOCKS):
+        if count[i] > 0:
+            floor = NOISE_FLOOR * count[i]
+            ratios[n] = (moved[i] + floor) / (still[i] + floor)
+            n += 1
+    return n > 0 and np.median(ratios[:n]) < BLOCK_RATIO
 
 
 @njit(cache=True, nogil=True)
@@ -271,8 +299,7 @@ def _fit(prev, cur, factor, centre, first_level, m):
     if abs(scale - 1.0) > MAX_SCALE_CHANGE or abs(m[2]) > centre or abs(m[5]) > centre:
         return False
     offset = (factor - 1) / 2.0 - centre
-    moved, still = _overlap_costs(prev[0], cur[0], float(factor), offset, STEP[0], m)
-    return moved < ACCEPT_RATIO * still
+    return _explains(prev[0], cur[0], float(factor), offset, STEP[0], m)
 
 
 @njit(cache=True, nogil=True)
