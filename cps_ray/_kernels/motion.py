@@ -374,4 +374,6 @@ def warmup() -> None:
     frames = np.zeros((2, 3, 2 * MIN_BASE_SIZE, 2 * MIN_BASE_SIZE), np.uint8)
     sums = np.empty((2, 2 * MIN_BASE_SIZE, 2 * MIN_BASE_SIZE), np.int32)
     green_sums(frames, 1, sums)
+    frames.flags.writeable = False  # frames Ray hands over without a copy
+    green_sums(frames, 1, sums)
     estimate_clip(sums.astype(np.float64), 1, frames.shape[-1], np.empty((2, 6)))
