@@ -50,23 +50,27 @@ MAX_SCALE_CHANGE = 0.25
 def green_sums(frames, factor, out):
     # frames uint8 [T, 3, S, S] -> out int32 [T, h, w]: the green channel
     # summed over factor x factor blocks (the last S % factor rows and
-    # columns are left out).
+    # columns are left out). Rows first (contiguous, vectorised), then
+    # columns.
     num_t = frames.shape[0]
     h = out.shape[1]
     w = out.shape[2]
-    columns = np.empty(w * factor, np.int32)
+    size = w * factor
+    columns = np.empty(size, np.int32)
     for t in range(num_t):
         for v in range(h):
-            columns[:] = 0
-            for y in range(v * factor, v * factor + factor):
-                green = frames[t, 1, y]
-                for x in range(w * factor):
-                    columns[x] += green[x]
+            top = v * factor
+            for x in range(size):
+                columns[x] = np.int32(frames[t, 1, top, x])
+            for y in range(top + 1, top + factor):
+                for x in range(size):
+                    columns[x] += np.int32(frames[t, 1, y, x])
+            row = out[t, v]
             for u in range(w):
-                acc = np.int32(0)
-                for x in range(u * factor, u * factor + factor):
-                    acc += columns[x]
-                out[t, v, u] = acc
+                row[u] = columns[u * factor]
+            for j in range(1, factor):
+                for u in range(w):
+                    row[u] += columns[u * factor + j]
 
 
 @njit(cache=True, nogil=True)
@@ -186,6 +190,8 @@ def _gauss_newton(prev, cur, factor, offset, half_size, step, tolerance, huber, 
         for k in range(j + 1, 4):
             hess[j, k] = hess[k, j]
     grad = np.empty(4)
+    x_limit = float(w - 1)
+    y_limit = float(h - 1)
     for iteration in range(MAX_ITERATIONS):
         a, b, lx, c, d, ly = _level_warp(m, factor, offset)
         g0 = 0.0
@@ -193,20 +199,22 @@ def _gauss_newton(prev, cur, factor, offset, half_size, step, tolerance, huber, 
         g2 = 0.0
         g3 = 0.0
         i = 0
+        x_step = a * step
+        y_step = c * step
         for v in range(1, h - 1):
             first = 1 + (v % step)
             xs = a * first + b * v + lx
             ys = c * first + d * v + ly
             for _ in range(first, w - 1, step):
-                if xs >= 0.0 and ys >= 0.0 and xs < w - 1 and ys < h - 1:
+                if xs >= 0.0 and ys >= 0.0 and xs < x_limit and ys < y_limit:
                     e = _sample(prev, xs, ys) - template[i]
                     e = min(huber, max(-huber, e))
                     g0 += sd[i, 0] * e
                     g1 += sd[i, 1] * e
                     g2 += sd[i, 2] * e
                     g3 += sd[i, 3] * e
-                xs += a * step
-                ys += c * step
+                xs += x_step
+                ys += y_step
                 i += 1
         grad[0] = g0
         grad[1] = g1
