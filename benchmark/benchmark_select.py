@@ -170,8 +170,9 @@ def _motion_steps(path: str) -> tuple[dict, int]:
     steps = {
         "patch_stream_none_s": lambda: stream(configs["none"]),
         "patch_stream_global_s": lambda: stream(configs["global"]),
-        "estimate_s": lambda: timed(lambda: global_warp(frames)),
         "energy_none_s": lambda: timed(lambda: cpu._energies(frames, p, still, energies)),
+        # in the order select_patches runs them: the estimate, then the energies
+        "estimate_s": lambda: timed(lambda: global_warp(frames)),
         "energy_global_s": lambda: timed(lambda: cpu._energies(frames, p, warp, energies)),
     }
     return steps, sum(tuple(w) != IDENTITY_WARP for w in warp[1:])
