@@ -1,10 +1,14 @@
 """Patch-selection throughput: clips/s on CPU (Numba) and CUDA (Numba CUDA) at
 several batch sizes, with the bytes of frames read per second next to the
 device's copy bandwidth; per-clip milliseconds of the CPU kernel at 1 and 2
-Numba threads, phase by phase; and, with ``--corpus``, selection's share of
-``patch_stream``'s time per video.
+Numba threads, phase by phase; with ``--corpus``, selection's share of
+``patch_stream``'s time per video; and, with ``--motion-corpus``, what
+``motion="global"`` costs per clip on one core: the motion estimate and the
+compensated energies against ``patch_stream``'s whole time for that clip
+(issue 39: at most 5 %).
 
     python benchmark/benchmark_select.py [--batches 1 16 64 256] [--corpus DIR] [--json PATH]
+    python benchmark/benchmark_select.py --backends --motion-corpus .cache/photo_clips --limit 40
 
 A backend the machine cannot run is reported as skipped with its reason.
 Prints a table and writes JSON; nothing here is asserted by tests.
@@ -136,6 +140,79 @@ def corpus_share(video_dir: str, limit: int) -> list[dict]:
     return records
 
 
+def _motion_steps(path: str) -> tuple[dict, int]:
+    """The timed steps of :func:`motion_cost` for one clip, and the number of
+    its frames with motion."""
+    from cps_ray import DecodeConfig, PatchStreamConfig, decode_only, patch_stream
+    from cps_ray._kernels import cpu
+    from cps_ray._kernels.reference import IDENTITY_WARP, identity_warp
+    from cps_ray._motion import global_warp
+
+    base = dict(video_path=path, decode_backend="cpu", process_backend="cpu", ffmpeg_threads=1)
+    configs = {m: PatchStreamConfig(**base, motion=m) for m in ("none", "global")}
+    frames = decode_only(DecodeConfig(**configs["none"].decode_fields())).frames.numpy()
+    p = configs["none"].patch_size
+    energies = np.empty(frames.shape[0] * (frames.shape[-1] // p) ** 2, np.int64)
+    still = identity_warp(frames.shape[0])
+    warp = global_warp(frames)
+
+    def stream(config):
+        start = time.perf_counter()
+        with patch_stream(config):
+            pass
+        return time.perf_counter() - start
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    steps = {
+        "patch_stream_none_s": lambda: stream(configs["none"]),
+        "patch_stream_global_s": lambda: stream(configs["global"]),
+        "energy_none_s": lambda: timed(lambda: cpu._energies(frames, p, still, energies)),
+        # in the order select_patches runs them: the estimate, then the energies
+        "estimate_s": lambda: timed(lambda: global_warp(frames)),
+        "energy_global_s": lambda: timed(lambda: cpu._energies(frames, p, warp, energies)),
+    }
+    return steps, sum(tuple(w) != IDENTITY_WARP for w in warp[1:])
+
+
+def motion_cost(video_dir: str, limit: int, repeats: int) -> list[dict]:
+    """Per clip, on one core (1 Numba, torch and FFmpeg thread), medians of
+    ``repeats`` rounds, each timing in turn: ``patch_stream`` with
+    ``motion="none"`` and ``"global"``, the motion estimate (luma included),
+    and the energy kernel without and with the clip's warp."""
+    import numba
+    from _report import video_paths
+
+    from cps_ray._kernels import cpu
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    cpu.warmup()
+    records = []
+    for path in video_paths(video_dir, limit):
+        steps, moved = _motion_steps(path)
+        for fn in steps.values():  # warm: compiled kernels, the file in the page cache
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(repeats):
+            for name, fn in steps.items():
+                times[name].append(fn())
+        r = {"video": os.path.basename(path), "frames_with_motion": moved}
+        r.update({name: statistics.median(v) for name, v in times.items()})
+        r["share"] = (r["estimate_s"] + r["energy_global_s"]) / r["patch_stream_none_s"]
+        r["patch_stream_ratio"] = r["patch_stream_global_s"] / r["patch_stream_none_s"]
+        records.append(r)
+        print(f"  {r['video'][:30]:30} patch_stream {1000 * r['patch_stream_none_s']:6.1f} ms, "
+              f"estimate {1000 * r['estimate_s']:5.2f} + energy {1000 * r['energy_global_s']:5.2f}"
+              f" ms = {r['share']:5.1%}; global/none {r['patch_stream_ratio']:.3f}",
+              flush=True)  # fmt: skip
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -144,9 +221,11 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=14)
     ap.add_argument("--k-keep", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--backends", nargs="+", default=["cpu", "gpu"])
+    ap.add_argument("--backends", nargs="*", default=["cpu", "gpu"], help="none: skip")
     ap.add_argument("--corpus", default=None, help="videos for patch_stream's select share")
     ap.add_argument("--limit", type=int, default=12, help="videos of --corpus to use")
+    ap.add_argument("--motion-corpus", default=None, help="clips for motion='global''s cost")
+    ap.add_argument("--motion-repeats", type=int, default=7)
     ap.add_argument("--json", default="benchmark/out/select.json")
     args = ap.parse_args()
 
@@ -231,6 +310,21 @@ def main() -> None:
         )
         report["select_share_mean"], report["select_share_of_total"] = mean, total
         print(f"  mean share {mean:.1%}; of the total time {total:.1%}")
+    if args.motion_corpus:
+        print("\nmotion='global' per clip, one core: estimate + compensated energies "
+              "against patch_stream (motion='none')")  # fmt: skip
+        records = motion_cost(args.motion_corpus, args.limit, args.motion_repeats)
+        shares = [r["share"] for r in records]
+        ratios = [r["patch_stream_ratio"] for r in records]
+        report["motion_cost"] = {
+            "per_clip": records,
+            "share_median": statistics.median(shares),
+            "share_max": max(shares),
+            "patch_stream_global_over_none_median": statistics.median(ratios),
+        }
+        print(f"  share: median {statistics.median(shares):.1%}, max {max(shares):.1%} "
+              f"(target <= 5%); patch_stream global/none median "
+              f"{statistics.median(ratios):.3f}")  # fmt: skip
     write_json(args.json, report)
 
 

@@ -1,6 +1,6 @@
 """Clips of real photographs under motion, for the selection-quality benchmark.
 
-    python benchmark/make_photo_clips.py OUT_DIR [--seconds 3] [--force]
+    python benchmark/make_photo_clips.py OUT_DIR [--seconds 3] [--force] [--held-out]
 
 Nothing is downloaded: the photographs are the ones scikit-image and
 matplotlib ship inside their wheels (an astronaut, a cat, coffee, a rocket, a
@@ -13,6 +13,11 @@ Each photograph becomes three H.264 clips (libx264 defaults, CRF 18, 25 fps,
 - ``pan``: the camera sweeping sideways across a wider view (global translation);
 - ``local``: a still scene where one region of the photo moves across it
   (local motion over a static background, the common case).
+
+``--held-out`` makes the same three clips of eleven other photographs in
+scikit-image (gravel, coins, the moon, two retinas, a stained tissue, the
+motorcycle's right view, a scanned page, cells, a blurred clock, text), and
+no real clip: a second set, to check figures tuned on the first.
 
 Install the photographs with ``pip install scikit-image matplotlib`` (both are
 in the ``bench`` extra). A clip that exists is kept; ``--force`` remakes it.
@@ -35,6 +40,10 @@ SKIMAGE_PHOTOS = (
     "hubble_deep_field.jpg", "camera.png", "grass.png", "brick.png",
 )  # fmt: skip
 SKIMAGE_CLIP = "no_time_for_that_tiny.gif"
+HELD_OUT_PHOTOS = (
+    "gravel.png", "coins.png", "moon.png", "retina.jpg", "ihc.png", "motorcycle_right.png",
+    "page.png", "cell.png", "clock_motion.png", "microaneurysms.png", "text.png",
+)  # fmt: skip
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
 
 
@@ -45,12 +54,15 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def photographs() -> list[Path]:
+def photographs(held_out: bool = False) -> list[Path]:
     """The photographs found in the installed scikit-image and matplotlib."""
     found = []
     skimage = _package_dir("skimage")
+    names = HELD_OUT_PHOTOS if held_out else SKIMAGE_PHOTOS
     if skimage is not None:
-        found += [skimage / "data" / n for n in SKIMAGE_PHOTOS if (skimage / "data" / n).exists()]
+        found += [skimage / "data" / n for n in names if (skimage / "data" / n).exists()]
+    if held_out:
+        return found
     matplotlib = _package_dir("matplotlib")
     if matplotlib is not None:
         sample = matplotlib / "mpl-data" / "sample_data"
@@ -94,10 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out_dir")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--held-out", action="store_true", help="the other photographs, no real clip")
     args = ap.parse_args(argv)
     if shutil.which("ffmpeg") is None:
         raise SystemExit("the ffmpeg CLI is needed (make setup installs it)")
-    photos = photographs()
+    photos = photographs(args.held_out)
     if not photos:
         raise SystemExit("no photographs found: pip install scikit-image matplotlib")
     out_dir = Path(args.out_dir)
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     "-frames:v", str(frames), "-r", str(RATE)], out)  # fmt: skip
             made += 1
     skimage = _package_dir("skimage")
-    clip = skimage / "data" / SKIMAGE_CLIP if skimage is not None else None
+    clip = skimage / "data" / SKIMAGE_CLIP if skimage is not None and not args.held_out else None
     out = out_dir / "no_time_for_that_real.mp4"
     if clip is not None and clip.exists() and (args.force or not out.exists()):
         # the one real video: upscaled to the corpus size, even dimensions

@@ -41,6 +41,7 @@ _LAZY = {
     "write_shards": ".pipeline",
     "shard_dataset": ".pipeline",
     "select_patches": "._select",
+    "rebuild_clip": "._rebuild",
 }
 
 
@@ -74,6 +75,7 @@ __all__ = [
     "local_stream",
     "patch_dataset",
     "patch_stream",
+    "rebuild_clip",
     "resolve_backends",
     "row_patches",
     "select_patches",

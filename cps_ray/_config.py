@@ -19,6 +19,7 @@ Backend = Literal["auto", "cpu", "gpu"]
 UniformStrategy = Literal["auto", "index", "time", "keyframe"]
 OutputDtype = Literal["bf16", "fp16", "fp32"]
 Selection = Literal["energy", "random", "uniform"]
+Motion = Literal["global", "none"]
 
 # DCI 8K, 8192 x 4320: every real camera and codec level fits under it.
 DEFAULT_MAX_PIXELS = 8192 * 4320
@@ -28,6 +29,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 UNIFORM_STRATEGIES: tuple[str, ...] = get_args(UniformStrategy)
 OUTPUT_DTYPES: tuple[str, ...] = get_args(OutputDtype)
 SELECTIONS: tuple[str, ...] = get_args(Selection)
+MOTIONS: tuple[str, ...] = get_args(Motion)
 
 # Fields of the seed API that were split per stage; there is no shim.
 _REMOVED_FIELDS = {
@@ -169,6 +171,11 @@ class PatchStreamConfig(DecodeConfig):
             per video from its path and ``selection_seed``) and ``"uniform"``
             (a rolling grid, ``k_keep / T`` per frame); see :mod:`cps_ray._baselines`.
         selection_seed: an int >= 0 mixed into the random baseline's per-video seed.
+        motion: ``"global"`` (the energy is the residual after the clip's
+            global camera motion, estimated once per clip: pans and zooms
+            no longer spread it over every patch) or ``"none"`` (the residual
+            against the same pixels of the frame before); see
+            ``docs/selection.md``. Rows carry the motion as ``meta_motion``.
     """
 
     input_size: int | None = 224
@@ -179,6 +186,7 @@ class PatchStreamConfig(DecodeConfig):
     output_dtype: OutputDtype = "bf16"
     selection: Selection = "energy"
     selection_seed: int = 0
+    motion: Motion = "global"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -206,6 +214,7 @@ class PatchStreamConfig(DecodeConfig):
         _check_choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_int("selection_seed", self.selection_seed, 0)
+        _check_choice("motion", self.motion, MOTIONS)
 
     @property
     def grid_size(self) -> int:

@@ -52,11 +52,13 @@ class DecodeResult:
 class Selection:
     """The select half's output: ``patches`` ``[k, 3, p, p]`` (as a row keeps
     them on the CPU: NumPy, bf16 as uint16 bits; torch on a GPU),
-    ``meta_fields`` int32 ``[k, 3]``, ``meta_scores`` float32 ``[k]``."""
+    ``meta_fields`` int32 ``[k, 3]``, ``meta_scores`` float32 ``[k]``,
+    ``meta_motion`` float32 ``[T, 2, 3]`` (the camera motion compensated)."""
 
     patches: Any
     meta_fields: Any
     meta_scores: Any
+    meta_motion: Any
     process_backend: str
     process_device: str
     seconds: float
@@ -150,14 +152,14 @@ class VideoCore:
             frames = decoded.frames
             if not isinstance(frames, np.ndarray):  # NVDEC frames, gpu -> cpu
                 frames = frames.cpu().numpy()
-            patches, fields, scores = _select.select_video_on_cpu(frames, config, decoded.path)
+            out = _select.select_video_on_cpu(frames, config, decoded.path)
         else:
             frames = decoded.frames  # NumPy frames go to the kernel's device in the kernel
             if not isinstance(frames, np.ndarray) and str(frames.device) != resolved.process_device:
                 frames = frames.to(resolved.process_device)  # between devices; gpu -> gpu stays
-            patches, fields, scores = _select.select_video(frames, config, decoded.path, "gpu")
-        return Selection(patches, fields, scores, resolved.process_backend,
-                         resolved.process_device, time.perf_counter() - start)  # fmt: skip
+            out = _select.select_video(frames, config, decoded.path, "gpu")
+        return Selection(*out, resolved.process_backend, resolved.process_device,
+                         time.perf_counter() - start)  # fmt: skip
 
     # -- rows -----------------------------------------------------------------------
 
@@ -198,6 +200,9 @@ class PatchStream:
     patches: ``output_dtype [k_keep, 3, p, p]`` in [0, 1].
     metadata_tensors: ``(meta_fields int32 [k_keep, 3] = (t, row, col),
     meta_scores float32 [k_keep])``.
+    meta_motion: float32 ``[T, 2, 3]``, the camera motion ``A_t`` (frame t's
+    pixel ``(x, y, 1)`` -> frame t - 1) the energies compensated; identity
+    rows with ``motion="none"``. See :func:`cps_ray.rebuild_clip`.
     All are torch tensors, on the CPU for ``process_backend="cpu"`` and on
     ``cuda:{process_device_id}`` for ``"gpu"``. After :meth:`close` they are
     released and reading them raises :class:`~cps_ray.errors.SessionClosedError`.
@@ -227,6 +232,7 @@ class PatchStream:
             patches,
             torch.as_tensor(selection.meta_fields),
             torch.as_tensor(selection.meta_scores),
+            torch.as_tensor(selection.meta_motion),
         )
 
     def _get(self) -> tuple:
@@ -242,8 +248,12 @@ class PatchStream:
 
     @property
     def metadata_tensors(self):
-        _, fields, scores = self._get()
+        _, fields, scores, _ = self._get()
         return fields, scores
+
+    @property
+    def meta_motion(self):
+        return self._get()[3]
 
     @property
     def closed(self) -> bool:

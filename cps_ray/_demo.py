@@ -126,7 +126,7 @@ def summarize_video(
     decode_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    _, fields, _ = select_video(decoded.frames, config, path, row["process_backend"])
+    fields = select_video(decoded.frames, config, path, row["process_backend"])[1]
     _sync(fields.device)
     select_seconds = time.perf_counter() - start
 

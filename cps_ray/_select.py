@@ -1,6 +1,10 @@
 """``select_patches``: run a selection kernel on frames the caller has, and
 turn its integer output into the tensors of DESIGN.md.
 
+With ``motion="global"`` the clip's camera motion is estimated first, once,
+on the CPU (:mod:`cps_ray._motion`), and every kernel gets the same
+fixed-point warp.
+
 :func:`select_on_cpu` is the same selection on the CPU in NumPy alone, as a
 row keeps it: a Ray select actor that selects on the CPU never imports torch.
 """
@@ -15,7 +19,7 @@ import numpy as np
 from . import _baselines as baselines
 from . import _convert as convert
 from . import _devices as devices
-from ._config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, _check_choice, _check_int
+from ._config import BACKENDS, MOTIONS, OUTPUT_DTYPES, SELECTIONS, _check_choice, _check_int
 from .errors import ConfigError, DeviceUnavailableError
 
 if TYPE_CHECKING:
@@ -120,7 +124,9 @@ def select_patches(
     output_dtype: str = "fp32",
     selection: str = "energy",
     seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    motion: str = "global",
+    return_motion: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Keep ``k_keep`` patches of ``frames``: the highest-energy ones, or a baseline's.
 
     Args:
@@ -137,25 +143,37 @@ def select_patches(
             grid); see :mod:`cps_ray._baselines`.
         seed: the random baseline's seed (``patch_stream`` and the pipeline
             derive one per video from its path and ``selection_seed``).
+        motion: ``"global"`` (residual after the clip's global camera
+            motion, estimated once on the CPU) or ``"none"`` (residual
+            against the same pixels of the frame before); see ``docs/selection.md``.
+        return_motion: also return ``meta_motion``.
 
     Returns:
         ``(patches [k, 3, p, p] output_dtype in [0, 1], meta_fields int32 [k, 3]
         (t, row, col), meta_scores float32 [k])``, rows in ascending flat
         index ``t * G**2 + row * G + col``; on the CPU for ``cpu``, on
         ``cuda:{device_id}`` for ``gpu``. ``meta_scores`` are the kept
-        patches' energies whatever chose them.
+        patches' energies whatever chose them. With ``return_motion=True`` a
+        fourth tensor, ``meta_motion`` float32 ``[T, 2, 3]`` on the same
+        device: ``A_t`` maps pixel ``(x, y, 1)`` of frame t to frame t - 1
+        (identity rows for frame 0, where no motion was found, and for
+        ``motion="none"``).
     """
     t, g = _check_arguments(frames, patch_size, k_keep, backend, device_id, output_dtype,
-                            selection, seed)  # fmt: skip
+                            selection, seed, motion)  # fmt: skip
+    if not isinstance(return_motion, bool):
+        raise ConfigError("return_motion", return_motion, "It must be True or False.")
     if backend == "auto":
         backend = "gpu" if devices.cuda_available() else "cpu"
     if backend == "cpu":
         import torch
 
-        bits, fields, scores = _select_on_cpu(frames, patch_size, k_keep, output_dtype,
-                                              selection, seed, t, g)  # fmt: skip
+        bits, fields, scores, meta_motion = _select_on_cpu(
+            frames, patch_size, k_keep, output_dtype, selection, seed, motion, t, g
+        )
         patches = convert.from_bits(torch.from_numpy(bits), output_dtype)
-        return patches, torch.from_numpy(fields), torch.from_numpy(scores)
+        out = (patches, torch.from_numpy(fields), torch.from_numpy(scores))
+        return (*out, torch.from_numpy(meta_motion)) if return_motion else out
     if not cuda_simulator_enabled():
         count = devices.cuda_device_count()
         if count == 0 or device_id >= count:
@@ -163,7 +181,10 @@ def select_patches(
             value = "gpu" if count == 0 else device_id
             raise DeviceUnavailableError(field, value, devices.describe_node())
     from ._kernels import cuda as cuda_kernel
+    from ._motion import motion_warp
 
+    # Estimated on the host from block sums made on the frames' device.
+    warp, meta_motion = motion_warp(frames, motion)
     patches, flat, energies = cuda_kernel.select(
         frames,
         patch_size,
@@ -171,37 +192,48 @@ def select_patches(
         device_id=device_id,
         flat=chosen_indices(selection, t, g, k_keep, seed),
         table=convert.bits_table(output_dtype),
+        warp=warp,
     )
-    return finish_on_device(
+    out = finish_on_device(
         patches, flat, energies, grid_size=g, patch_size=patch_size, output_dtype=output_dtype
     )
+    if not return_motion:
+        return out
+    import torch
+
+    return (*out, torch.from_numpy(meta_motion).to(out[0].device))
 
 
 def _check_arguments(
-    frames, patch_size, k_keep, backend, device_id, output_dtype, selection, seed
+    frames, patch_size, k_keep, backend, device_id, output_dtype, selection, seed, motion
 ) -> tuple[int, int]:
     """Validate :func:`select_patches`' arguments; ``(T, G)``."""
     _check_choice("backend", backend, BACKENDS)
     _check_choice("output_dtype", output_dtype, OUTPUT_DTYPES)
     _check_choice("selection", selection, SELECTIONS)
+    _check_choice("motion", motion, MOTIONS)
     _check_int("device_id", device_id, 0)
     _check_int("seed", seed, 0)
     t, _, g = check_frames(frames, patch_size, k_keep)
     return t, g
 
 
-def _select_on_cpu(frames, patch_size, k_keep, output_dtype, selection, seed, t, g):
+def _select_on_cpu(frames, patch_size, k_keep, output_dtype, selection, seed, motion, t, g):
     from ._kernels import cpu as cpu_kernel
+    from ._motion import motion_warp
 
+    frames = _as_numpy(frames)
+    warp, meta_motion = motion_warp(frames, motion)
     bits, flat, energies = cpu_kernel.select(
-        _as_numpy(frames),
+        frames,
         patch_size,
         k_keep,
         flat=chosen_indices(selection, t, g, k_keep, seed),
         table=convert.bits_table(output_dtype),
+        warp=warp,
     )
     fields, scores = fields_and_scores(flat, energies, grid_size=g, patch_size=patch_size)
-    return bits, fields, scores
+    return bits, fields, scores, meta_motion
 
 
 def select_on_cpu(
@@ -212,20 +244,24 @@ def select_on_cpu(
     output_dtype: str = "fp32",
     selection: str = "energy",
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``select_patches(..., backend="cpu")`` in NumPy, without torch: the
-    same bits, with ``patches`` as a row keeps them (bf16 as uint16 bits,
-    see :data:`cps_ray._convert.ROW_DTYPES`)."""
-    t, g = _check_arguments(frames, patch_size, k_keep, "cpu", 0, output_dtype, selection, seed)
-    bits, fields, scores = _select_on_cpu(frames, patch_size, k_keep, output_dtype, selection,
-                                          seed, t, g)  # fmt: skip
-    return convert.row_array(bits, output_dtype), fields, scores
+    motion: str = "global",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``select_patches(..., backend="cpu", return_motion=True)`` in NumPy,
+    without torch: the same bits, with ``patches`` as a row keeps them (bf16
+    as uint16 bits, see :data:`cps_ray._convert.ROW_DTYPES`). Returns
+    ``(patches, meta_fields, meta_scores, meta_motion float32 [T, 2, 3])``."""
+    t, g = _check_arguments(frames, patch_size, k_keep, "cpu", 0, output_dtype, selection, seed,
+                            motion)  # fmt: skip
+    bits, fields, scores, meta_motion = _select_on_cpu(frames, patch_size, k_keep, output_dtype,
+                                                       selection, seed, motion, t, g)  # fmt: skip
+    return convert.row_array(bits, output_dtype), fields, scores, meta_motion
 
 
 def select_video(frames, config, path: str, backend: str):
-    """``select_patches`` of one video's frames as ``config`` (a
-    :class:`~cps_ray._config.PatchStreamConfig`) asks, with the random
-    baseline seeded from ``path`` and ``config.selection_seed``."""
+    """``select_patches(..., return_motion=True)`` of one video's frames as
+    ``config`` (a :class:`~cps_ray._config.PatchStreamConfig`) asks, with
+    the random baseline seeded from ``path`` and ``config.selection_seed``:
+    ``(patches, meta_fields, meta_scores, meta_motion)`` torch tensors."""
     return select_patches(
         frames,
         patch_size=config.patch_size,
@@ -235,11 +271,16 @@ def select_video(frames, config, path: str, backend: str):
         output_dtype=config.output_dtype,
         selection=config.selection,
         seed=baselines.video_seed(path, config.selection_seed),
+        motion=config.motion,
+        return_motion=True,
     )
 
 
-def select_video_on_cpu(frames, config, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`select_video` on the CPU in NumPy (see :func:`select_on_cpu`)."""
+def select_video_on_cpu(
+    frames, config, path: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`select_video` on the CPU in NumPy (see :func:`select_on_cpu`):
+    ``(patches, meta_fields, meta_scores, meta_motion)`` NumPy arrays."""
     return select_on_cpu(
         frames,
         patch_size=config.patch_size,
@@ -247,4 +288,5 @@ def select_video_on_cpu(frames, config, path: str) -> tuple[np.ndarray, np.ndarr
         output_dtype=config.output_dtype,
         selection=config.selection,
         seed=baselines.video_seed(path, config.selection_seed),
+        motion=config.motion,
     )

@@ -96,3 +96,18 @@ def test_default_config_runs(media):
     """DESIGN defaults: T=16, S=224, p=14, k=2048, bf16."""
     with patch_stream(PatchStreamConfig(str(media["h264.mp4"]))) as s:
         assert s.patches.shape == (2048, 3, 14, 14) and s.patches.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("motion", ["global", "none"])
+def test_session_meta_motion_is_what_select_patches_compensated(media, motion):
+    cfg = _cfg(media["h264.mp4"], input_size=112, motion=motion)
+    decoded = decode_only(DecodeConfig(**cfg.decode_fields()))
+    want = select_patches(decoded.frames, patch_size=14, k_keep=40, output_dtype="fp32",
+                          motion=motion, return_motion=True)  # fmt: skip
+    with patch_stream(cfg) as session:
+        assert session.meta_motion.dtype == torch.float32
+        assert session.meta_motion.shape == (6, 2, 3) and session.meta_motion.device.type == "cpu"
+        assert torch.equal(session.meta_motion, want[3])
+        assert torch.equal(session.metadata_tensors[0], want[1])
+    with pytest.raises(SessionClosedError):
+        _ = session.meta_motion

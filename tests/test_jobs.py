@@ -145,8 +145,14 @@ def test_preprocess_then_resume_then_train_from_shards(ray_session, media, tmp_p
                        resume=True)  # fmt: skip
     with pytest.raises(JobError, match="selection='energy' there, 'random' now"):
         run_preprocess(first_list, out, replace(CFG, selection="random"), resume=True)
+    # The energy rule (motion compensation on by default) is the output's:
+    # rows of the other rule never mix in.
+    with pytest.raises(JobError, match="rule 'residual-grey128-global-motion-v1'.*"
+                                       "'residual-grey128'; its rows cannot"):
+        run_preprocess(first_list, out, replace(CFG, motion="none"), resume=True)
     written = json.loads((out / "manifest.json").read_text())
-    assert written["energy_rule"] == "residual-grey128"
+    assert written["energy_rule"] == "residual-grey128-global-motion-v1"
+    assert written["config"]["motion"] == "global"
     assert (written["config"]["selection"], written["config"]["selection_seed"]) == ("energy", 0)
     # An output written before the rule was recorded (frame 0 scored by its
     # variance) is never resumed into: its rows would mix two rules.

@@ -164,3 +164,139 @@ def test_non_contiguous_input_is_accepted():
 def test_warmup_is_callable_twice():
     cpu.warmup()
     cpu.warmup()
+
+
+# -- camera motion: frame t - 1 warped by a fixed-point motion ----------------
+
+
+def _warp(rows):
+    """int64 [T, 6] fixed point from float (a, b, tx, c, d, ty) rows."""
+    return np.rint(np.asarray(rows, np.float64) * reference.WARP_ONE).astype(np.int64)
+
+
+def _brute_warped_energy(frames, warp, t, r, c, p):
+    """DESIGN.md's compensated formula for one patch with Python ints: frame
+    t - 1 sampled at A_t (x, y, 1), rounded to the nearest pixel (halves up),
+    grey outside; frame 0 against grey."""
+    size = frames.shape[-1]
+    a, b, tx, cc, d, ty = (int(v) for v in warp[t])
+    one = reference.WARP_ONE
+    acc = 0
+    for y in range(r * p, (r + 1) * p):
+        for x in range(c * p, (c + 1) * p):
+            xs = (a * x + b * y + tx + one // 2) // one
+            ys = (cc * x + d * y + ty + one // 2) // one
+            for ch in range(3):
+                if t == 0 or not (0 <= xs < size and 0 <= ys < size):
+                    before = 128
+                else:
+                    before = int(frames[t - 1, ch, ys, xs])
+                acc += (int(frames[t, ch, y, x]) - before) ** 2
+    return p * p * acc
+
+
+def _random_warps(rng, num_t):
+    rows = [[1, 0, 0, 0, 1, 0]]
+    for _ in range(1, num_t):
+        scale, angle = 1 + rng.normal() * 0.15, rng.normal() * 0.2
+        shift = rng.normal(size=2) * 3
+        rows.append([scale * np.cos(angle), -scale * np.sin(angle), shift[0],
+                     scale * np.sin(angle), scale * np.cos(angle), shift[1]])  # fmt: skip
+    return _warp(rows)
+
+
+def test_reference_warped_energy_matches_formula():
+    rng = np.random.default_rng(30)
+    frames = rng.integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
+    warp = _warp([[1, 0, 0, 0, 1, 0], [1, 0, 2.5, 0, 1, -1.5], [0.9, -0.1, 1.2, 0.1, 0.9, 0.4]])
+    e = reference.patch_energies(frames, 4, warp)
+    for t in range(3):
+        for r in range(3):
+            for c in range(3):
+                assert e[t * 9 + r * 3 + c] == _brute_warped_energy(frames, warp, t, r, c, 4)
+
+
+def test_identity_warp_is_the_rule_without_motion_bit_for_bit():
+    rng = np.random.default_rng(31)
+    frames = rng.integers(0, 256, (4, 3, 28, 28), dtype=np.uint8)
+    identity = reference.identity_warp(4)
+    assert np.array_equal(reference.patch_energies(frames, 7, identity),
+                          reference.patch_energies(frames, 7))  # fmt: skip
+    for k in (1, 20, 64):
+        _assert_same(cpu.select(frames, 7, k, warp=identity), reference.select(frames, 7, k))
+
+
+def test_integer_shift_compares_shifted_pixels_and_grey_where_new():
+    rng = np.random.default_rng(32)
+    frames = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    frames[1, :, :, :6] = frames[0, :, :, 2:]  # the camera moved 2 px right
+    warp = _warp([[1, 0, 0, 0, 1, 0], [1, 0, 2, 0, 1, 0]])
+    e = reference.patch_energies(frames, 2, warp)
+    n = 4
+    expected_new = [n * int(((frames[1, :, 2 * r : 2 * r + 2, 6:8].astype(int) - 128) ** 2).sum())
+                    for r in range(4)]  # fmt: skip
+    # frame 1: columns 0-2 of patches match exactly, column 3 is new (grey)
+    assert e[16:].reshape(4, 4)[:, :3].sum() == 0
+    assert e[16:].reshape(4, 4)[:, 3].tolist() == expected_new
+    _assert_same(cpu.select(frames, 2, 20, warp=warp), reference.select(frames, 2, 20, warp=warp))
+
+
+def test_rounding_is_to_the_nearest_pixel_halves_up():
+    frames = np.zeros((2, 3, 4, 4), np.uint8)
+    frames[0, :, :, 1] = 200  # a bright column at x = 1
+    for shift, column in ((0.49, 0), (0.5, 1), (-0.5, 0), (-0.51, -1)):
+        ys, xs = reference.source_positions(_warp([[1, 0, shift, 0, 1, 0]])[0], 4)
+        assert xs[0, 0] == column, shift
+        assert (ys == np.arange(4)[:, None]).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shape", [(4, 28, 7), (3, 24, 8), (2, 30, 5), (3, 112, 14)])
+def test_cpu_matches_reference_with_motion(seed, shape):
+    t, s, p = shape
+    rng = np.random.default_rng(100 + seed)
+    frames = rng.integers(0, 256, (t, 3, s, s), dtype=np.uint8)
+    warp = _random_warps(rng, t)
+    if seed % 2:  # no rotation: the CPU kernel's separable path
+        warp[:, 1] = warp[:, 3] = 0
+    total = t * (s // p) ** 2
+    for k in sorted({1, max(1, total // 3), total}):
+        got = cpu.select(frames, p, k, warp=warp)
+        _assert_same(got, reference.select(frames, p, k, warp=warp))
+    if k == total:
+        assert got[1].tolist() == list(range(total))
+
+
+@pytest.mark.parametrize("row", [[1.2, 0, -3, 0, 1.2, -3], [0.8, 0, 30, 0, 0.8, -40],
+                                 [1, 0, -100, 0, 1, 0], [-1, 0, 7, 0, -1, 7],
+                                 [0, 1, 0, 1, 0, 0]])  # fmt: skip
+def test_cpu_matches_reference_on_extreme_warps(row):
+    # out of the frame altogether, mirrored, transposed: the kernels follow
+    # the formula whatever the motion
+    rng = np.random.default_rng(33)
+    frames = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    warp = _warp([[1, 0, 0, 0, 1, 0], row, row])
+    for k in (1, 17, 48):
+        _assert_same(cpu.select(frames, 2, k, warp=warp), reference.select(frames, 2, k, warp=warp))
+
+
+@pytest.mark.parametrize("value", [77, 128])
+def test_flat_frames_with_motion_all_ties(value):
+    frames = np.full((3, 3, 16, 16), value, np.uint8)
+    warp = _warp([[1, 0, 0, 0, 1, 0], [1, 0, 4, 0, 1, 0], [0.5, 0, 4, 0, 0.5, 4]])
+    energies = reference.patch_energies(frames, 4, warp)
+    for k in (1, 5, 16, 17, 48):
+        ref = reference.select(frames, 4, k, warp=warp)
+        _assert_same(cpu.select(frames, 4, k, warp=warp), ref)
+        assert ref[1].tolist() == reference.top_k(energies, k).tolist()
+    # frame 1 moved 4 px: its last patch column sees grey, the rest the same value
+    frame1 = energies[16:32].reshape(4, 4)
+    assert not frame1[:, :3].any() and (frame1[:, 3] == 16 * 3 * 16 * (value - 128) ** 2).all()
+
+
+def test_warp_and_motion_round_trip_exactly():
+    rng = np.random.default_rng(34)
+    warp = rng.integers(-(1 << 23), 1 << 23, (5, 6)).astype(np.int64)
+    motion = reference.warp_to_motion(warp)
+    assert motion.dtype == np.float32 and motion.shape == (5, 2, 3)
+    assert np.array_equal(reference.motion_to_warp(motion), warp)

@@ -68,7 +68,7 @@ def test_no_module_is_over_600_lines():
 LAYERS = (
     ("configuration", {"errors", "_lazy", "_faults", "_stderr", "_remote", "_guards", "_devices",
                        "_config", "_sampling", "_baselines", "_convert", "_media"}),
-    ("decode and select", {"_decode", "_kernels", "_select"}),
+    ("decode and select", {"_decode", "_kernels", "_motion", "_select", "_rebuild"}),
     ("core", {"_rows", "_core"}),
     ("public face", {"_api"}),
     ("pipeline", {"pipeline"}),

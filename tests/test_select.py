@@ -202,12 +202,13 @@ def test_numpy_selection_has_the_bits_of_select_patches(frames, dtype, selection
     from cps_ray._select import select_on_cpu
 
     args = dict(patch_size=7, k_keep=25, output_dtype=dtype, selection=selection, seed=3)
-    patches, fields, scores = select_on_cpu(frames, **args)
-    want = select_patches(frames, **args)
+    patches, fields, scores, motion = select_on_cpu(frames, **args)
+    want = select_patches(frames, return_motion=True, **args)
     want_patches = patches_to_numpy(want[0])
     assert patches.dtype == want_patches.dtype and patches.tobytes() == want_patches.tobytes()
     assert np.array_equal(fields, want[1].numpy()) and fields.dtype == np.int32
     assert scores.tobytes() == want[2].numpy().tobytes()
+    assert motion.dtype == np.float32 and motion.tobytes() == want[3].numpy().tobytes()
     with pytest.raises(ConfigError, match="patch_size"):
         select_on_cpu(frames, patch_size=5, k_keep=3)
 

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from ..errors import ConfigError, MissingDependencyError
-from .reference import GREY
+from .reference import GREY, WARP_BITS, WARP_HALF, WARP_ONE, identity_warp
 
 try:
     from numba import cuda, int32, int64
@@ -48,11 +48,15 @@ _RADIX_BITS = 4
 _RADIX_BINS = 1 << _RADIX_BITS
 # The frame before the first is mid-grey (DESIGN.md), as in kernels/reference.py.
 _GREY = int64(GREY)
+_ONE = int64(WARP_ONE)
+_HALF = int64(WARP_HALF)
+_BITS = int64(WARP_BITS)
 
 
 @cuda.jit
-def _energies_kernel(frames, patch_size, out):
-    # frames uint8 [B, T, C, S, S] -> out int64 [B, T * N]
+def _energies_kernel(frames, patch_size, warp, out):
+    # frames uint8 [B, T, C, S, S], warp int64 [B, T, 6] (kernels/reference.py)
+    # -> out int64 [B, T * N]
     num_b, num_t, num_ch, size, _ = frames.shape
     p = patch_size
     g = size // p
@@ -68,16 +72,31 @@ def _energies_kernel(frames, patch_size, out):
         y0 = r * p
         x0 = (rc - r * g) * p
         acc = int64(0)
-        for ch in range(num_ch):
+        m = warp[b, t]
+        moved = m[0] != _ONE or m[1] != 0 or m[2] != 0 or m[3] != 0 or m[4] != _ONE or m[5] != 0
+        if t == 0 or not moved:
+            for ch in range(num_ch):
+                for y in range(y0, y0 + p):
+                    for x in range(x0, x0 + p):
+                        if t == 0:
+                            d = int64(frames[b, 0, ch, y, x]) - _GREY
+                        else:
+                            d = int64(frames[b, t, ch, y, x]) - int64(frames[b, t - 1, ch, y, x])
+                        acc += d * d
+        else:
+            # frame t - 1 sampled at the warp, rounded to the nearest pixel
             for y in range(y0, y0 + p):
                 for x in range(x0, x0 + p):
-                    if t == 0:
-                        d = int64(frames[b, 0, ch, y, x]) - _GREY
-                    else:
-                        d = int64(frames[b, t, ch, y, x]) - int64(frames[b, t - 1, ch, y, x])
-                    acc += d * d
-        energy = n * acc
-        out[b, f] = energy
+                    xs = (m[0] * x + m[1] * y + m[2] + _HALF) >> _BITS
+                    ys = (m[3] * x + m[4] * y + m[5] + _HALF) >> _BITS
+                    inside = xs >= 0 and xs < size and ys >= 0 and ys < size
+                    for ch in range(num_ch):
+                        prior = _GREY
+                        if inside:
+                            prior = int64(frames[b, t - 1, ch, ys, xs])
+                        d = int64(frames[b, t, ch, y, x]) - prior
+                        acc += d * d
+        out[b, f] = n * acc
 
 
 @cuda.jit
@@ -218,7 +237,7 @@ def _simulating() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
-def _launch(frames, energies, flat, kept, table, patches, patch_size, k_keep, chosen, stream):
+def _launch(frames, warp, energies, flat, kept, table, patches, patch_size, k_keep, chosen, stream):
     tpb = THREADS_PER_BLOCK
     if not 1 <= tpb <= MAX_THREADS_PER_BLOCK:
         raise ConfigError(
@@ -227,7 +246,7 @@ def _launch(frames, energies, flat, kept, table, patches, patch_size, k_keep, ch
             f"It must be between 1 and {MAX_THREADS_PER_BLOCK}.",
         )
     num_b = frames.shape[0]
-    _energies_kernel[-(-energies.size // tpb), tpb, stream](frames, patch_size, energies)
+    _energies_kernel[-(-energies.size // tpb), tpb, stream](frames, patch_size, warp, energies)
     if chosen:
         _pick_kernel[-(-kept.size // tpb), tpb, stream](energies, flat, kept)
     else:
@@ -235,7 +254,7 @@ def _launch(frames, energies, flat, kept, table, patches, patch_size, k_keep, ch
     _gather_kernel[-(-patches.size // tpb), tpb, stream](frames, flat, table, patches)
 
 
-def _check_shapes(shape, patch_size, k_keep, flat) -> int:
+def _check_shapes(shape, patch_size, k_keep, flat, warp) -> int:
     if len(shape) != 5 or shape[3] != shape[4] or min(shape) < 1:
         raise ConfigError("frames", f"shape {shape}", "Frames must be uint8 [B, T, 3, S, S].")
     if patch_size < 1 or shape[4] % patch_size:
@@ -248,6 +267,10 @@ def _check_shapes(shape, patch_size, k_keep, flat) -> int:
     if flat is not None and tuple(flat.shape) != (shape[0], k_keep):
         raise ConfigError(
             "flat", f"shape {tuple(flat.shape)}", f"It must be [B, k] = {(shape[0], k_keep)}."
+        )
+    if warp is not None and tuple(warp.shape) != (shape[0], shape[1], 6):
+        raise ConfigError(
+            "warp", f"shape {tuple(warp.shape)}", f"It must be [B, T, 6] = {(*shape[:2], 6)}."
         )
     return per_clip
 
@@ -270,6 +293,7 @@ def select_batch(
     *,
     flat=None,
     table: np.ndarray | None = None,
+    warp: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Select every clip of uint8 ``[B, T, 3, S, S]`` frames (NumPy or torch,
     any device) with one launch per kernel.
@@ -277,6 +301,8 @@ def select_batch(
     ``flat``: int64 ``[B, k]`` ascending indices to keep instead of the top-k
     (the baselines). ``table``: a 256-entry NumPy array; patches are
     ``table[pixel]`` in its dtype (see :mod:`cps_ray._convert`), else uint8.
+    ``warp``: int64 ``[B, T, 6]`` NumPy camera motion in fixed point (see
+    :mod:`cps_ray._kernels.reference`); ``None`` is no motion.
 
     Returns ``(patches [B, k, 3, p, p], flat_indices int64 [B, k], energies
     int64 [B, k])``, rows in ascending flat index; torch tensors on
@@ -284,8 +310,13 @@ def select_batch(
     """
     shape = tuple(frames.shape)
     patch_size, k_keep = int(patch_size), int(k_keep)
-    per_clip = _check_shapes(shape, patch_size, k_keep, flat)
-    num_b, _, num_ch, _, _ = shape
+    if warp is not None:
+        warp = np.asarray(warp, np.int64)
+    per_clip = _check_shapes(shape, patch_size, k_keep, flat, warp)
+    num_b, num_t, num_ch, _, _ = shape
+    if warp is None:
+        warp = np.broadcast_to(identity_warp(num_t), (num_b, num_t, 6))
+    warp = np.ascontiguousarray(warp)
     chosen = flat is not None
     table = _IDENTITY if table is None else np.ascontiguousarray(table)
     patch_shape = (num_b, k_keep, num_ch, patch_size, patch_size)
@@ -300,9 +331,8 @@ def select_batch(
         flat = np.empty_like(kept) if flat is None else np.array(flat, dtype=np.int64)
         patches = np.empty(patch_shape, table.dtype)
         with _simulator_lock:
-            _launch(
-                host, energies, flat, kept, table.copy(), patches, patch_size, k_keep, chosen, 0
-            )
+            _launch(host, warp.copy(), energies, flat, kept, table.copy(), patches, patch_size,
+                    k_keep, chosen, 0)  # fmt: skip
         return torch.from_numpy(patches), torch.from_numpy(flat), torch.from_numpy(kept)
     device = torch.device("cuda", device_id)
     with torch.cuda.device(device):
@@ -317,12 +347,13 @@ def select_batch(
         else:
             flat = torch.as_tensor(np.asarray(flat, np.int64)).to(device).contiguous()
         device_table = _on_device(table, device)
+        device_warp = torch.from_numpy(warp).to(device)
         patches = torch.empty(patch_shape, dtype=device_table.dtype, device=device)
         # Launch on torch's current stream, so torch consumers see the results in order.
         stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
         arrays = (
             cuda.as_cuda_array(a, sync=False)
-            for a in (frames, energies, flat, kept, device_table, patches)
+            for a in (frames, device_warp, energies, flat, kept, device_table, patches)
         )
         _launch(*arrays, patch_size, k_keep, chosen, stream)
     return patches, flat, kept
@@ -336,15 +367,18 @@ def select(
     *,
     flat=None,
     table: np.ndarray | None = None,
+    warp: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 ``[T, 3, S, S]`` (NumPy or torch, any device) -> ``(patches
     [k, 3, p, p], flat_indices int64 [k], energies int64 [k])`` as torch
-    tensors on ``cuda:{device_id}`` (CPU under the simulator); ``flat`` and
-    ``table`` as in :func:`select_batch` (``flat`` is ``[k]`` here)."""
+    tensors on ``cuda:{device_id}`` (CPU under the simulator); ``flat``,
+    ``table`` and ``warp`` as in :func:`select_batch` (``[k]`` and ``[T, 6]`` here)."""
     batch_flat = None if flat is None else np.asarray(flat, np.int64)[None]
+    batch_warp = None if warp is None else np.asarray(warp, np.int64)[None]
     patches, flat, kept = select_batch(
-        frames[None], patch_size, k_keep, device_id=device_id, flat=batch_flat, table=table
-    )
+        frames[None], patch_size, k_keep, device_id=device_id, flat=batch_flat, table=table,
+        warp=batch_warp,
+    )  # fmt: skip
     return patches[0], flat[0], kept[0]
 
 
@@ -377,8 +411,12 @@ def warmup(device_id: int = 0) -> None:
         if device_id in warm_devices:
             return
         from .._convert import bits_table
+        from . import motion
 
-        # The argument types of every real call: uint8 [B, T, 3, S, S], int64
+        motion.warmup()  # the motion estimator runs on the host
+
+        # The argument types of every real call (a warp's values choose a
+        # branch, not a specialisation): uint8 [B, T, 3, S, S], int64
         # indices, the int16 (bf16, fp16) and int32 (fp32) bit tables, the
         # uint8 identity, and indices chosen outside (the baselines).
         frames = np.zeros((1, 2, 3, 4, 4), np.uint8)

@@ -8,7 +8,14 @@ import os
 import sys
 from typing import Any
 
-from .._config import BACKENDS, OUTPUT_DTYPES, SELECTIONS, UNIFORM_STRATEGIES, PatchStreamConfig
+from .._config import (
+    BACKENDS,
+    MOTIONS,
+    OUTPUT_DTYPES,
+    SELECTIONS,
+    UNIFORM_STRATEGIES,
+    PatchStreamConfig,
+)
 from ..errors import JobError
 from ..pipeline._isolation import DEFAULT_ISOLATION, DEFAULT_MAX_ATTEMPTS, ISOLATION_MODES
 from ..pipeline._output import DEFAULT_ROWS_PER_SHARD
@@ -80,6 +87,12 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: Any) -> None
             "selection",
             SELECTIONS,
             "which patches: the highest energies, or a baseline for ablations",
+        ),
+        (
+            "--motion",
+            "motion",
+            MOTIONS,
+            "global: the energy compensates camera motion; none: the residual in place",
         ),
     )
     for flag, field, allowed, text in choices:
@@ -185,6 +198,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> PatchStreamC
         "uniform_strategy": args.uniform_strategy,
         "selection": args.selection,
         "selection_seed": args.selection_seed,
+        "motion": args.motion,
         "max_pixels": args.max_pixels,
         "decode_timeout_s": args.decode_timeout_s,
     }

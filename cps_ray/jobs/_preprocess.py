@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from .._config import PatchStreamConfig
-from .._kernels.reference import ENERGY_RULE
 from .._remote import redact
 from .._rows import row_path
 from ..errors import ConfigError, CpsRayError, EnergyRuleError, JobError
@@ -29,6 +28,7 @@ from ..pipeline._output import (
     admit_block,
     check_resumable,
     done_set,
+    energy_rule,
     failures_to_retry,
     iter_errors,
     output_lock,
@@ -47,7 +47,7 @@ from ._options import (
 
 # Settings an output's rows depend on: a resume must use the same.
 OUTPUT_FIELDS = ("sequence_length", "input_size", "patch_size", "k_keep", "output_dtype",
-                 "uniform_strategy", "selection", "selection_seed")  # fmt: skip
+                 "uniform_strategy", "selection", "selection_seed", "motion")  # fmt: skip
 NOTHING_TO_DO = "preprocess: nothing to do; the output is left as it is"
 # Failed videos listed at the end of a run; the errors table has them all.
 MAX_LISTED_FAILURES = 20
@@ -123,7 +123,7 @@ def _check_output(out: str, given, config, resume: bool) -> WrittenOutput:
             )
         return written
     try:
-        check_resumable(written.manifest, os.fspath(given), ENERGY_RULE)
+        check_resumable(written.manifest, os.fspath(given), energy_rule(config))
     except EnergyRuleError as err:
         raise JobError(f"--resume: {err}") from None
     settings = (written.manifest or {}).get("config") or {}

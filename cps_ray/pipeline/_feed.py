@@ -19,7 +19,8 @@ import torch
 
 from .._rows import row_patches
 
-TENSOR_COLUMNS = ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps")
+TENSOR_COLUMNS = ("patches", "meta_fields", "meta_scores", "meta_motion", "frame_indices",
+                  "timestamps")  # fmt: skip
 
 
 def _ok_mask(batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -45,7 +46,8 @@ def _to_torch(batch: dict[str, np.ndarray], device, pin_memory: bool) -> dict[st
 
 def collate_patches(batch: dict[str, np.ndarray], device="cpu", pin_memory=False) -> dict:
     """NumPy batch of rows -> ``patches [B, k, 3, p, p]`` (output dtype, bf16
-    restored), ``meta_fields`` int32 ``[B, k, 3]``, ``meta_scores`` float32
+    restored), ``meta_fields`` int32 ``[B, k, 3]``, ``meta_motion`` float32
+    ``[B, T, 2, 3]``, ``meta_scores`` float32
     ``[B, k]``, ``frame_indices``, ``timestamps``, ``path``; error rows dropped.
     """
     keep = _ok_mask(batch)

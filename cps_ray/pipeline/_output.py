@@ -63,7 +63,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .._kernels.reference import ENERGY_RULE, LEGACY_ENERGY_RULE
+from .._kernels.reference import ENERGY_RULE, ENERGY_RULES, LEGACY_ENERGY_RULE
 from .._rows import NULLABLE_STRING_COLUMNS, ROW_COLUMNS, local_path, row_path
 from ..errors import (
     TRANSIENT_KINDS,
@@ -94,7 +94,12 @@ HEARTBEAT_S = 20.0
 STALE_S = 120.0
 
 
-def check_resumable(manifest: dict[str, Any] | None, where: str, rule: str = ENERGY_RULE) -> None:
+def energy_rule(config) -> str:
+    """The name of the rule ``config`` selects under (recorded in manifests)."""
+    return ENERGY_RULES[getattr(config, "motion", "none")] if config is not None else ENERGY_RULE
+
+
+def check_resumable(manifest: dict[str, Any] | None, where: str, rule: str) -> None:
     """Refuse to add rows to an output whose rows were selected by another
     energy rule (their scores and patches would mix), or hold other columns."""
     if manifest is None:
@@ -794,13 +799,14 @@ class Run:
     """One run writing into an output (see :func:`write_shards`)."""
 
     def __init__(self, output: OutputRoot, *, config=None, rows_per_shard: int,
-                 resume: bool, skipped=0, retry=frozenset(), rule: str = ENERGY_RULE):  # fmt: skip
+                 resume: bool, skipped=0, retry=frozenset()):  # fmt: skip
         self.previous = read_output(output)
         if not resume and not self.previous.is_empty:
             raise OutputNotEmptyError(
                 f"output {output.given!r} already holds a run ({len(self.previous.shards)} "
                 "shards); pass resume=True to add to it, or write to an empty output"
             )
+        rule = energy_rule(config)
         check_resumable(self.previous.manifest, output.given, rule)
         for name in self.previous.temporaries:  # half-written files of a killed run
             output.delete(name)
@@ -875,8 +881,7 @@ class Run:
 
 def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                  config=None, resume: bool = False, skipped=0, retry=frozenset(),
-                 ledger=None, rule: str = ENERGY_RULE,
-                 runtime_env: dict | None = None) -> dict[str, Any]:  # fmt: skip
+                 ledger=None, runtime_env: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``ds`` (a :func:`patch_dataset`, or any dataset of rows) under
     ``out``, from Ray's workers; returns the manifest.
 
@@ -884,7 +889,8 @@ def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_RO
 
     Args:
         rows_per_shard: rows per write task, so about that many per shard.
-        config: the :class:`PatchStreamConfig`, recorded in the manifest.
+        config: the :class:`PatchStreamConfig`, recorded in the manifest with
+            the name of its energy rule (``motion`` chooses it).
         resume: add to what ``out`` holds: rows whose path it holds are not
             written again (counted as skipped); without it ``out`` must hold no run.
         skipped: inputs the caller left out because ``out`` had them (an int,
@@ -893,7 +899,6 @@ def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_RO
             new rows replace them.
         ledger: the run's :class:`Ledger` actor when the caller started one
             (a streamed job screens its inputs with it); else one is started.
-        rule: the energy rule the rows were selected under.
 
     Raises:
         OutputNotEmptyError: ``out`` already holds a run and ``resume`` is off.
@@ -908,7 +913,7 @@ def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_RO
     retry = frozenset(retry) if resume else frozenset()
     with output_lock(output):
         run = Run(output, config=config, rows_per_shard=rows_per_shard, resume=resume,
-                  skipped=skipped, retry=retry, rule=rule)  # fmt: skip
+                  skipped=skipped, retry=retry)  # fmt: skip
         records: list[dict[str, Any]] = []
         counts: dict[str, Any] = {}
         if ds is not None:

@@ -28,9 +28,9 @@ def cuda(monkeypatch):
 def test_warmup_runs_every_kernel_once_per_device(cuda, monkeypatch):
     launches = []
     launch = cuda._launch
-    # _launch(frames, energies, flat, kept, table, patches, p, k, chosen, stream)
+    # _launch(frames, warp, energies, flat, kept, table, patches, p, k, chosen, stream)
     monkeypatch.setattr(
-        cuda, "_launch", lambda *a: (launches.append((str(a[5].dtype), a[8])), launch(*a))
+        cuda, "_launch", lambda *a: (launches.append((str(a[6].dtype), a[9])), launch(*a))
     )
     cuda.warmup(0)
     cuda.warmup(0)
