@@ -160,7 +160,8 @@ def test_preprocess_then_resume_then_train_from_shards(ray_session, media, tmp_p
     shutil.copytree(out, old)
     del written["energy_rule"]
     (old / "manifest.json").write_text(json.dumps(written))
-    with pytest.raises(JobError, match="rule 'variance-first-frame'.*'residual-grey128-global-motion-v1'"):
+    refused = "rule 'variance-first-frame'.*'residual-grey128-global-motion-v1'"
+    with pytest.raises(JobError, match=refused):
         run_preprocess(first_list, old, CFG, resume=True)
     with pytest.raises(EnergyRuleError, match="new output"):
         write_shards(None, old, resume=True)
