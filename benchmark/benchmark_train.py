@@ -68,18 +68,40 @@ def main() -> None:
         listing.write_text("".join(f"{p}\n" for p in paths))
         for workers in args.workers:
             summary_path = Path(folder) / f"train-{workers}.json"
-            command = [sys.executable, str(job), "--input", str(listing), "--num-workers",
-                       str(workers), "--epochs", str(args.epochs), "--batch-size",
-                       str(args.batch_size), "--dim", str(args.dim), "--depth", str(args.depth),
-                       "--worker-cpus", str(args.worker_cpus), "--sequence-length", "16",
-                       "--input-size", "224", "--patch-size", "14", "--k-keep", "1024",
-                       "--json", str(summary_path), *(["--use-gpu"] if args.use_gpu else [])]
+            command = [
+                sys.executable,
+                str(job),
+                "--input",
+                str(listing),
+                "--num-workers",
+                str(workers),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--dim",
+                str(args.dim),
+                "--depth",
+                str(args.depth),
+                "--worker-cpus",
+                str(args.worker_cpus),
+                "--sequence-length",
+                "16",
+                "--input-size",
+                "224",
+                "--patch-size",
+                "14",
+                "--k-keep",
+                "1024",
+                "--json",
+                str(summary_path),
+                *(["--use-gpu"] if args.use_gpu else []),
+            ]
             subprocess.run(command, check=True, env={**os.environ, "RAY_ADDRESS": ""})
             summary = json.loads(summary_path.read_text())
             records = summary["workers"]
             step_s = statistics.fmean(
-                (w["seconds"] - w["first_batch_seconds"]) / max(1, w["steps"] - 1)
-                for w in records
+                (w["seconds"] - w["first_batch_seconds"]) / max(1, w["steps"] - 1) for w in records
             )
             runs.append({
                 "workers": workers,

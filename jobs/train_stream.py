@@ -359,11 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "output folder (its manifest's config then applies)")  # fmt: skip
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, default=None, help="training steps (20)")
-    length.add_argument("--epochs", type=positive_int, default=None,
-                        help="passes over the data instead of --steps (needs --num-workers)")
+    length.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="passes over the data instead of --steps (needs --num-workers)",
+    )
     group = parser.add_argument_group("Ray Train (many workers)")
-    group.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
-                       help="Ray Train workers, data-parallel (0: train in this process)")
+    group.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="Ray Train workers, data-parallel (0: train in this process)",
+    )
     group.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     group.add_argument("--worker-cpus", type=float, default=None, metavar="C",
                        help="CPUs each worker holds (default: what leaves the pipeline one "
@@ -378,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=positive_int, default=64, help="token width (64)")
     parser.add_argument("--depth", type=positive_int, default=2, help="encoder layers (2)")
     parser.add_argument("--heads", type=positive_int, default=4, help="attention heads (4)")
-    parser.add_argument("--mask-ratio", type=float, default=0.25,
-                        help="share of tokens to fill in (0.25)")
+    parser.add_argument(
+        "--mask-ratio", type=float, default=0.25, help="share of tokens to fill in (0.25)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch seed (0)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     add_address_option(parser)

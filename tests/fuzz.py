@@ -64,6 +64,7 @@ class Outcome:
     ok: bool
     detail: str  # the reason, or the frames' shape
     kind: str | None = None  # the error kind
+
     @property
     def contained(self) -> bool:
         """The child crashed or hung, and the parent turned it into an error."""

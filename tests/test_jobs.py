@@ -147,8 +147,10 @@ def test_preprocess_then_resume_then_train_from_shards(ray_session, media, tmp_p
         run_preprocess(first_list, out, replace(CFG, selection="random"), resume=True)
     # The energy rule (motion compensation on by default) is the output's:
     # rows of the other rule never mix in.
-    with pytest.raises(JobError, match="rule 'residual-grey128-global-motion-v1'.*"
-                                       "'residual-grey128'; its rows cannot"):
+    with pytest.raises(
+        JobError,
+        match="rule 'residual-grey128-global-motion-v1'.*'residual-grey128'; its rows cannot",
+    ):
         run_preprocess(first_list, out, replace(CFG, motion="none"), resume=True)
     written = json.loads((out / "manifest.json").read_text())
     assert written["energy_rule"] == "residual-grey128-global-motion-v1"

@@ -376,6 +376,6 @@ def test_errors_table_in_row_groups_is_resumed_a_group_at_a_time(ray_session, tm
     kept = [(p, e, k) for p, e, k in zip(paths, errors, kinds) if e and p not in retry]
     got = read_errors(out)
     assert sorted(got[: len(kept)]) == sorted(kept)  # the old ones first, in their order
-    assert got[len(kept):] == [(retry[1], "timed out again", "timeout")]
+    assert got[len(kept) :] == [(retry[1], "timed out again", "timeout")]
     assert manifest["failed"] == len(kept) + 1 and manifest["ok"] == 1 + 4
     assert read_output(out).error_rows == manifest["failed"]

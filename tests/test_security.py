@@ -243,6 +243,6 @@ def test_symlinks_that_stay_inside_the_output_are_followed(ray_session, tmp_path
     (real / "shards").symlink_to(real / "parts")
     manifest = write_shards(_rows(), out, rows_per_shard=1)
     assert [s["rows"] for s in manifest["shards"]] == [1, 1]
-    assert _tree(real / "parts") == sorted(s["file"][len("shards/"):] for s in manifest["shards"])
+    assert _tree(real / "parts") == sorted(s["file"][len("shards/") :] for s in manifest["shards"])
     assert [p for p, _, _ in read_errors(out)] == ["/v/b.mp4"]
     assert read_output(out).error_rows == 1

@@ -198,9 +198,11 @@ class _Job:
             done = done_set(self.out, self.written, exclude=self.retry).contains(shown)
             todo = [p for p, d in zip(inputs, done) if not d]
             retried = [p for p in todo if row_path(p) in self.retry]
-        self.log(f"preprocess: {len(inputs)} inputs, {len(inputs) - len(todo)} already in the "
-                 f"output (skipped), {len(todo)} to process -> {self.out}"
-                 + (f", {len(retried)} of them failed before and are retried" if retried else ""))
+        self.log(
+            f"preprocess: {len(inputs)} inputs, {len(inputs) - len(todo)} already in the "
+            f"output (skipped), {len(todo)} to process -> {self.out}"
+            + (f", {len(retried)} of them failed before and are retried" if retried else "")
+        )
         if not todo and self.written.is_settled:
             self.log(NOTHING_TO_DO)
             return {**self.written.manifest, "inputs": len(inputs),

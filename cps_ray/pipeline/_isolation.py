@@ -311,8 +311,9 @@ class IsolatedPool:
         import queue
 
         self.workers = [
-            IsolatedWorker(make_target, timeout_s=timeout_s, max_attempts=max_attempts,
-                           preload=preload)  # fmt: skip
+            IsolatedWorker(
+                make_target, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
+            )  # fmt: skip
             for _ in range(size)
         ]
         self._free: queue.SimpleQueue = queue.SimpleQueue()

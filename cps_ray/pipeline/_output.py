@@ -123,6 +123,7 @@ def check_resumable(manifest: dict[str, Any] | None, where: str, rule: str) -> N
 
 # --- the output folder -------------------------------------------------------------------
 
+
 class OutputRoot:
     """An output folder or URI; every file under it is named by :meth:`path`.
 
@@ -235,8 +236,6 @@ class OutputRoot:
             raise
 
 
-
-
 def _output(out) -> OutputRoot:
     return out if isinstance(out, OutputRoot) else OutputRoot(out)
 
@@ -248,6 +247,7 @@ def _output(out) -> OutputRoot:
 # dead process on this host, or no heartbeat for STALE_S) is taken over.
 # Object stores have no create-if-absent: each run reads its lock back and
 # only the run whose token is there goes on.
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -537,6 +537,7 @@ class PathSet:
             self._merge()
         return new
 
+
 # --- the run's ledger: which inputs to decode, which rows to write -------------------------
 
 
@@ -576,8 +577,11 @@ class Ledger:
         new = self.seen.add_new(paths)
         done = self.done.contains(paths)
         keep = [n and not d for n, d in zip(new, done)]
-        self.counts.update(inputs=sum(new), skipped=sum(n and d for n, d in zip(new, done)),
-                           retried=sum(k and r for k, r in zip(keep, self.retry.contains(paths))))
+        self.counts.update(
+            inputs=sum(new),
+            skipped=sum(n and d for n, d in zip(new, done)),
+            retried=sum(k and r for k, r in zip(keep, self.retry.contains(paths))),
+        )
         return keep
 
     def admit(self, batch: pa.Table) -> pa.Table:
@@ -831,8 +835,11 @@ class Run:
             "failed": previous.error_rows - replaced + self.failures.count,
             "shards": list(previous.shards) + new,
             "errors": ERRORS_FILE,
-            "run": {"ok": ok, "failed": self.failures.count,
-                    "new_shards": [s["file"] for s in new]},  # fmt: skip
+            "run": {
+                "ok": ok,
+                "failed": self.failures.count,
+                "new_shards": [s["file"] for s in new],
+            },  # fmt: skip
             "duplicate_rows": counts.get("duplicates", 0),
             "complete": complete,
             "seconds": round(time.time() - self.start, 3),

@@ -39,8 +39,13 @@ class DecodeStage:
                  isolation: str = DEFAULT_ISOLATION, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  gpu_share: float = 0.0):  # fmt: skip
         self.config = config
-        self.worker = FrameWorker(config, isolation=isolation, max_attempts=max_attempts,
-                                  cores=cpus, processes_per_gpu=processes_per_gpu(gpu_share))
+        self.worker = FrameWorker(
+            config,
+            isolation=isolation,
+            max_attempts=max_attempts,
+            cores=cpus,
+            processes_per_gpu=processes_per_gpu(gpu_share),
+        )
         self.resolved = self.worker.core.resolved
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

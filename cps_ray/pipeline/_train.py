@@ -138,8 +138,9 @@ def train_on_workers(ds, train_loop: Callable[[dict], None], loop_config: dict, 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),  # fmt: skip
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),  # fmt: skip
         run_config=RunConfig(name=run_name, storage_path=storage_path),
         datasets={"train": ds},
     )
