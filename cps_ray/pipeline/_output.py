@@ -99,9 +99,17 @@ def energy_rule(config) -> str:
     return ENERGY_RULES[getattr(config, "motion", "none")] if config is not None else ENERGY_RULE
 
 
+def resize_policy() -> str:
+    """The pixels' policy (see docs/decoding.md), recorded in manifests."""
+    from .._decode.resize import RESIZE_POLICY
+
+    return RESIZE_POLICY
+
+
 def check_resumable(manifest: dict[str, Any] | None, where: str, rule: str) -> None:
     """Refuse to add rows to an output whose rows were selected by another
-    energy rule (their scores and patches would mix), or hold other columns."""
+    energy rule (their scores and patches would mix), whose frames were
+    resized by another policy, or that holds other columns."""
     if manifest is None:
         return
     written = manifest.get("energy_rule", LEGACY_ENERGY_RULE)
@@ -110,6 +118,13 @@ def check_resumable(manifest: dict[str, Any] | None, where: str, rule: str) -> N
             f"output {where!r} was written under the energy rule {written!r}, and this "
             f"run selects under {rule!r}; its rows cannot be resumed into. "
             "Write to a new output (or delete this one)"
+        )
+    policy = manifest.get("resize_policy")
+    if policy is not None and policy != resize_policy():
+        raise EnergyRuleError(
+            f"output {where!r} holds frames resized under {policy!r}, and this cps_ray "
+            f"resizes under {resize_policy()!r}; its rows cannot be resumed into. "
+            "Write to a new output"
         )
     columns = manifest.get("columns")
     if columns is not None and list(columns) != list(ROW_COLUMNS) or columns is None and (
@@ -845,6 +860,7 @@ class Run:
             "seconds": round(time.time() - self.start, 3),
             "config": dataclasses.asdict(self.config) if self.config is not None else None,
             "energy_rule": self.rule,
+            "resize_policy": resize_policy(),
             "columns": list(ROW_COLUMNS),
             "versions": _versions(),
         }
