@@ -23,7 +23,7 @@ import torch
 
 from ._api import decode_only
 from ._config import DecodeConfig, PatchStreamConfig
-from ._kernels.reference import patch_energies
+from ._kernels.reference import motion_to_warp, patch_energies
 from ._media import DEFAULT_CACHE_DIR, VideoFolderError, find_videos, make_sample_videos
 from ._select import select_video
 from .errors import CpsRayError, MissingDependencyError
@@ -111,6 +111,16 @@ def render_picture(
     canvas.save(out_path)
 
 
+def describe_motion(affine: np.ndarray) -> str:
+    """A frame's camera motion in a caption: the shift (pixels) and the scale
+    of ``affine`` (float ``[2, 3]``, frame t's pixel -> frame t - 1)."""
+    linear = affine[:, :2].astype(np.float64)
+    if np.allclose(affine, [[1, 0, 0], [0, 1, 0]]):
+        return "still"
+    scale = float(np.sqrt(abs(np.linalg.det(linear))))
+    return f"shift {affine[0, 2]:+.1f},{affine[1, 2]:+.1f}  x{scale:.3f}"
+
+
 def summarize_video(
     row: dict[str, Any],
     name: str,
@@ -126,7 +136,7 @@ def summarize_video(
     decode_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    fields = select_video(decoded.frames, config, path, row["process_backend"])[1]
+    _, fields, _, motion = select_video(decoded.frames, config, path, row["process_backend"])
     _sync(fields.device)
     select_seconds = time.perf_counter() - start
 
@@ -139,7 +149,8 @@ def summarize_video(
         )
     grid = config.grid_size
     num_frames = frames.shape[0]
-    energies = patch_energies(frames, config.patch_size)
+    motion = motion.cpu().numpy()
+    energies = patch_energies(frames, config.patch_size, motion_to_warp(motion))
     flat = kept_fields[:, 0] * grid * grid + kept_fields[:, 1] * grid + kept_fields[:, 2]
     total_energy = int(energies.sum())
     share = int(energies[flat].sum()) / total_energy if total_energy > 0 else None
@@ -150,8 +161,10 @@ def summarize_video(
         f"T={num_frames} S={config.input_size} p={config.patch_size}"
     )
     captions = [
-        f"t={t}  frame {int(i)}  {float(s):.2f}s"
-        for t, (i, s) in enumerate(zip(row["frame_indices"], row["timestamps"], strict=True))
+        f"t={t}  frame {int(i)}  {float(s):.2f}s  {describe_motion(m) if t else 'vs grey'}"
+        for t, (i, s, m) in enumerate(
+            zip(row["frame_indices"], row["timestamps"], motion, strict=True)
+        )
     ]
     render_picture(
         frames,

@@ -700,6 +700,8 @@ def write_rows(output: OutputRoot, table: pa.Table, ledger, rows_per_shard: int)
     good = [bool(w and not e) for w, e in zip(keep, errors)]
     rows = _shard_table(table.filter(pa.array(good, pa.bool_())))
     shards = []
+    if rows.num_rows:
+        output.fs.create_dir(output.path(SHARDS_DIR), recursive=True)
     for start in range(0, rows.num_rows, rows_per_shard):
         part = rows.slice(start, rows_per_shard)
         names = part.column("path").to_pylist()
@@ -708,7 +710,18 @@ def write_rows(output: OutputRoot, table: pa.Table, ledger, rows_per_shard: int)
         name = f"{SHARDS_DIR}/shard-{digest}.parquet"
         output.write_table(name, part)
         shards.append({"file": name, "rows": part.num_rows, "bytes": part.nbytes})
-    return {"shards": shards, "failures": failures}
+    return {"shards": shards, "failures": failures, "writer": _writer()}
+
+
+def _writer() -> str:
+    """Where a write ran: the Ray node and the process."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # no Ray here (a test calling write_rows directly)
+        node = "local"
+    return f"{node[:12]} pid {os.getpid()}"
 
 
 @functools.cache
@@ -854,6 +867,7 @@ class Run:
                 "ok": ok,
                 "failed": self.failures.count,
                 "new_shards": [s["file"] for s in new],
+                "writers": dict(Counter(r["writer"] for r in self.records if r["shards"])),
             },  # fmt: skip
             "duplicate_rows": counts.get("duplicates", 0),
             "complete": complete,
