@@ -180,8 +180,10 @@ def main() -> None:
         print(f"{way:>15} {statistics.median(per_row[way]):14.2f} "
               f"{statistics.median(rates[way]):8.2f}  "
               + ", ".join(f"{v:.2f}" for v in per_row[way]))  # fmt: skip
-    print(f"bytes the driver receives per row: {sizes['record_bytes_per_row']:.0f} "
-          f"(a row is {sizes['row_bytes']:,} bytes)")
+    print(
+        f"bytes the driver receives per row: {sizes['record_bytes_per_row']:.0f} "
+        f"(a row is {sizes['row_bytes']:,} bytes)"
+    )
     write_json(args.json, {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "machine": machine_info(), "videos": args.videos, "rounds": args.rounds,

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 
 from ._config import BACKENDS, UNIFORM_STRATEGIES
 from .errors import CpsRayError
-from .jobs import add_config_options, add_preprocess_options, config_from_args, positive_int
+from .jobs._options import (
+    add_config_options,
+    add_preprocess_options,
+    config_from_args,
+    positive_int,
+)
 
 PROG = "cps-ray"
 DEMO_SEQUENCE_LENGTH = 8
@@ -314,7 +319,7 @@ def _run_select(args: argparse.Namespace) -> int:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from .jobs import preprocess_from_args
+    from .jobs._preprocess import preprocess_from_args
 
     preprocess_from_args(args)
     return 0

@@ -55,9 +55,8 @@ DECODER_MODULES = ("av",)
 
 def load_decoders() -> None:
     """Import the decoders' libraries now: what a worker does when it
-    starts. Loaded lazily, they fell inside its first video's
-    ``decode_timeout_s`` (PyAV alone takes 0.15 s on an idle machine,
-    seconds on a loaded one)."""
+    starts: loaded lazily, they would fall inside its first video's
+    ``decode_timeout_s``, and on a loaded host take seconds."""
     for name in DECODER_MODULES:
         importlib.import_module(name)
 

@@ -1,4 +1,4 @@
-"""Global camera motion per clip, for ``motion="global"`` (DESIGN.md, "Camera
+"""Global camera motion per clip, for ``motion="global"`` (docs/selection.md, "Camera
 motion"): one deterministic estimate per clip, on the CPU, handed to every
 selection kernel as one fixed-point warp.
 

@@ -1,5 +1,5 @@
 """``rebuild_clip``: a clip as its kept patches show it, the way a decoder
-rebuilds video from coded blocks (DESIGN.md, "Camera motion").
+rebuilds video from coded blocks (docs/selection.md, "Camera motion").
 
 Frame ``t`` starts as the rebuilt frame ``t - 1`` warped by ``A_t`` (the
 same fixed-point warp, rounded to the nearest pixel, as the energy; grey 128

@@ -1,5 +1,5 @@
 """``select_patches``: run a selection kernel on frames the caller has, and
-turn its integer output into the tensors of DESIGN.md.
+turn its integer output into the tensors of the rows (docs/architecture.md).
 
 With ``motion="global"`` the clip's camera motion is estimated first, once,
 on the CPU (:mod:`cps_ray._motion`), and every kernel gets the same

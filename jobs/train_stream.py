@@ -40,14 +40,10 @@ from torch import nn  # noqa: E402
 from cps_ray import PatchStreamConfig, TrainingBatches, patch_dataset, shard_dataset  # noqa: E402
 from cps_ray.jobs import (  # noqa: E402
     JobError,
-    add_address_option,
-    add_config_options,
-    add_isolation_options,
-    add_pool_options,
-    config_from_args,
+    add_pipeline_flags,
     connect_ray,
     non_negative_int,
-    pipeline_options_from_args,
+    pipeline_from_flags,
     positive_int,
     run_entry_point,
 )
@@ -222,8 +218,8 @@ def build_dataset(args, **pool_options):
         if not manifest["shards"]:
             raise JobError(f"{args.input!r} holds no shards (every video failed?)")
         return shard_dataset(args.input), PatchStreamConfig(**manifest["config"]), True
-    config = config_from_args(args)
-    options = {**pipeline_options_from_args(args), **pool_options}
+    config, options = pipeline_from_flags(args)
+    options = {**options, **pool_options}
     return patch_dataset(args.input, config, **options), config, False
 
 
@@ -392,10 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="torch seed (0)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
-    add_address_option(parser)
-    add_isolation_options(parser)
-    add_pool_options(parser)
-    add_config_options(parser)  # for video inputs; a preprocess output brings its own
+    add_pipeline_flags(parser)  # for video inputs; a preprocess output brings its own config
     return parser
 
 

@@ -22,14 +22,8 @@ from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import ConfigError, EnergyRuleError, PatchStreamConfig, local_stream, write_shards
 from cps_ray._cli import main as cli_main
-from cps_ray.jobs import (
-    JobError,
-    add_config_options,
-    config_from_args,
-    find_inputs,
-    preprocess_main,
-    run_preprocess,
-)
+from cps_ray.jobs import JobError, find_inputs, preprocess_main, run_preprocess
+from cps_ray.jobs._options import add_config_options, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]
@@ -247,6 +241,20 @@ def _train(argv: list[str], tmp_path: Path) -> dict:
     return json.loads(summary_path.read_text())
 
 
+def test_train_workers_fit_the_cluster_or_name_the_flags(ray_session, media, capsys):
+    """On 2 CPUs, --num-workers 2 fits by default (each worker's CPUs leave
+    the pipeline one); asking for more CPUs than there are names the flags."""
+    module = _train_stream()
+    parser = module.build_parser()
+    args = parser.parse_args(["--input", str(media["h264.mp4"]), "--num-workers", "2"])
+    assert module.worker_cpus(args, 2.0) == 0.5
+    code = module.main(["--input", str(media["h264.mp4"]), "--num-workers", "4",
+                        "--worker-cpus", "1"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--num-workers 4 x --worker-cpus 1" in err and "lower --worker-cpus" in err
+
+
 def test_epochs_need_ray_train_workers(media, capsys):
     assert _train_stream().main(["--input", str(media["h264.mp4"]), "--epochs", "1"]) == 2
     assert "--epochs needs --num-workers" in capsys.readouterr().err
@@ -341,7 +349,8 @@ def test_preprocess_refuses_before_starting_anything(tmp_path, capsys, media):
 
 
 def test_pool_flags_reach_patch_dataset(capsys):
-    from cps_ray.jobs import build_preprocess_parser, pipeline_options_from_args
+    from cps_ray.jobs._options import pipeline_options_from_args
+    from cps_ray.jobs._preprocess import build_preprocess_parser
 
     parser = build_preprocess_parser()
     base = ["--input", "in", "--output", "out"]

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
+from cps_ray._convert import bits_table
 from cps_ray._kernels import cpu, reference
 
 
 def _brute_energy(frames, t, r, c, p):
-    """DESIGN.md's formula for one patch, written out with Python ints: the
+    """The formula (docs/selection.md) for one patch, written out with Python ints: the
     residual against the frame before, mid-grey (128) before the first."""
     n = p * p
     acc = 0
@@ -161,9 +162,17 @@ def test_non_contiguous_input_is_accepted():
     _assert_same(cpu.select(view, 4, 10), reference.select(np.ascontiguousarray(view), 4, 10))
 
 
-def test_warmup_is_callable_twice():
+def test_warmup_compiles_every_kernel_once():
+    """A worker's warm-up leaves every kernel a real call runs compiled (or
+    loaded), and a second warm-up adds nothing."""
+    kernels = ("_energies", "_top_k", "_gather", "_pick")
     cpu.warmup()
+    compiled = {name: len(getattr(cpu, name).signatures) for name in kernels}
+    assert all(compiled.values()), compiled
+    frames = np.random.default_rng(1).integers(0, 256, (3, 3, 28, 28), dtype=np.uint8)
+    cpu.select(frames, 14, 5, table=bits_table("bf16"), warp=reference.identity_warp(3))
     cpu.warmup()
+    assert {name: len(getattr(cpu, name).signatures) for name in kernels} == compiled
 
 
 # -- camera motion: frame t - 1 warped by a fixed-point motion ----------------
@@ -175,7 +184,7 @@ def _warp(rows):
 
 
 def _brute_warped_energy(frames, warp, t, r, c, p):
-    """DESIGN.md's compensated formula for one patch with Python ints: frame
+    """The compensated formula (docs/selection.md) for one patch with Python ints: frame
     t - 1 sampled at A_t (x, y, 1), rounded to the nearest pixel (halves up),
     grey outside; frame 0 against grey."""
     size = frames.shape[-1]

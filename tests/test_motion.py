@@ -1,6 +1,6 @@
 """motion="global": the estimator recovers known camera motion and finds none
 where there is none, ``select_patches``/``PatchStreamConfig`` expose it, and
-``rebuild_clip`` pastes and warps as DESIGN.md says."""
+``rebuild_clip`` pastes and warps as docs/selection.md says."""
 
 from __future__ import annotations
 

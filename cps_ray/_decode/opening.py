@@ -60,8 +60,8 @@ def open_container(path: str, *, probe: bool = True) -> Iterator:
     too, for names FFmpeg must not parse: see :func:`open_by_handle`).
 
     ``probe=False``: FFmpeg's probe reads the packets it needs but decodes
-    none. It decodes the first frames otherwise (3 ms for a 360p H.264 MP4,
-    7 ms at 720p), to learn what a decoder learns anyway: the pixel format
+    none. It decodes the first frames otherwise, to learn what a decoder
+    learns anyway: the pixel format
     and, for H.264 without reordering limits in its SPS, the reorder depth.
     It also counts frames per stream, which FFmpeg's choice among several
     video streams weighs: see :func:`open_for_plan`.

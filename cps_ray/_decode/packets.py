@@ -1,8 +1,7 @@
 """The packets of a video, listed without decoding, and the plan of which of
 them to decode for a set of frames.
 
-PyAV demuxes the video stream once (about 12 ms for a minute of 480p
-H.264) and records per packet, in decode order: its timestamp, its keyframe
+PyAV demuxes the video stream once and records per packet, in decode order: its timestamp, its keyframe
 flag and, for H.264 and HEVC, whether it is *droppable* -- a picture no later
 picture refers to, read from its NAL unit headers:
 

@@ -24,18 +24,14 @@ Pixel aspect ratio is not applied; mirroring in a display matrix is ignored.
 The same frame gives the same bits on every CPU route, with any number of
 threads (swscale's slices do not change its output). The policy is named
 by :data:`RESIZE_POLICY`, which output manifests record: a change to any of
-the above (flags, library, order) must change the name. Until
-``swscale-bilinear-v1`` the CPU frames came from torchcodec's decoder-side
-``Resize`` (FFmpeg 5.1's swscale, colour conversion and scale as separate
-steps); see ``docs/decoding.md`` for how far today's pixels are from those.
+the above (flags, library, order) must change the name
+(``docs/decoding.md``: the pixels it gives).
 
 On the GPU (NVDEC), torch does the resize (:func:`resize_center_crop`):
 bilinear and antialiased like swscale, it differs from the CPU pixels by
 rounding and filter support (``tests/test_resize.py`` bounds it). The
-float32 work runs a few frames at a time: a whole 16-frame clip at 4K is
-1.6 GB of float32 (6.4 GB at 8K) per decode actor, a chunk at most
-:data:`RESIZE_CHUNK_BYTES`. Each frame is resized on its own, so any chunk
-size gives the same bits.
+float32 work runs at most :data:`RESIZE_CHUNK_BYTES` at a time; each frame
+is resized on its own, so any chunk size gives the same bits.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ THREADS_PER_BLOCK = _threads_per_block_from_env()
 # 4-bit digits: a 16-bin histogram that one thread scans in a blink.
 _RADIX_BITS = 4
 _RADIX_BINS = 1 << _RADIX_BITS
-# The frame before the first is mid-grey (DESIGN.md), as in kernels/reference.py.
+# The frame before the first is mid-grey (docs/selection.md), as in kernels/reference.py.
 _GREY = int64(GREY)
 _ONE = int64(WARP_ONE)
 _HALF = int64(WARP_HALF)

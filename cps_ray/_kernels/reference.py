@@ -1,4 +1,4 @@
-"""The oracle: DESIGN.md's energy and selection rule in plain NumPy.
+"""The oracle: the energy and selection rule (docs/selection.md) in plain NumPy.
 
 Slow and obviously correct; every other backend is compared with it.
 

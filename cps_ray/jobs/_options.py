@@ -260,3 +260,18 @@ def check_address(address: str | None) -> None:
             "cluster's address (HOST:6379, auto, ray://HOST:10001), or submit the job: "
             f"ray job submit --address {address} --working-dir . -- python jobs/preprocess.py ..."
         )
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Every flag a job that runs the pipeline takes: the config
+    (:func:`add_config_options`, ``defaults`` overriding its defaults), the
+    isolation, the actor pools and the Ray address."""
+    add_address_option(parser)
+    add_isolation_options(parser)
+    add_pool_options(parser)
+    add_config_options(parser, **defaults)
+
+
+def pipeline_from_flags(args: argparse.Namespace) -> tuple[PatchStreamConfig, dict[str, Any]]:
+    """``(config, patch_dataset options)`` from :func:`add_pipeline_flags`'s flags."""
+    return config_from_args(args), pipeline_options_from_args(args)

@@ -19,7 +19,7 @@ before every step the workers agree (one all-reduce) whether *all* of them
 have a batch; the epoch ends for everyone at the first step one lacks.
 
 No torch at import: the error-row filter runs as a Ray task in a worker that
-needs none (its import is 2-3 CPU-s and 300 MiB per process).
+needs none (torch's import is the costliest of a worker's).
 """
 
 from __future__ import annotations
