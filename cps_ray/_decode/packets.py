@@ -1,9 +1,10 @@
 """The packets of a video, listed without decoding, and the plan of which of
 them to decode for a set of frames.
 
-PyAV demuxes the video stream once and records per packet, in decode order: its timestamp, its keyframe
-flag and, for H.264 and HEVC, whether it is *droppable* -- a picture no later
-picture refers to, read from its NAL unit headers:
+PyAV demuxes the video stream once and records per packet, in decode
+order: its timestamp, its keyframe flag and, for H.264 and HEVC, whether it
+is *droppable* -- a picture no later picture refers to, read from its NAL
+unit headers:
 
 - H.264: every slice has ``nal_ref_idc == 0`` and the packet carries no
   parameter set;
