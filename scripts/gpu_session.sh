@@ -30,7 +30,7 @@ CARRY=.gpu_carry
 LIMIT_MIB=60
 PY_VERSION=3.12
 TORCHCODEC_VERSION=${TORCHCODEC_VERSION:-$(sed -n 's/^torchcodec==//p' constraints-gpu.txt)}
-PYAV_VERSION=${PYAV_VERSION:-16.1.0}
+PYAV_VERSION=${PYAV_VERSION:-$(sed -n 's/^av==//p' constraints-gpu.txt)}
 # Everything `run` installs; the rest of what it imports is in the GPU image.
 CARRIED=("torchcodec==$TORCHCODEC_VERSION" "av==$PYAV_VERSION")
 FROM_IMAGE=(torch numba numba.cuda numpy pyarrow pytest)
