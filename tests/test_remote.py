@@ -330,3 +330,73 @@ def test_server_stopped_halfway_then_resume_equals_a_clean_run(job_env, media, t
     }
     assert errors == {r["path"]: r["error"] for r in clean if r["error"] is not None}
     assert len(good) == len(names) - 1
+
+
+def test_a_write_to_the_store_stopped_halfway_then_resumed_holds_a_clean_writes_rows(
+    s3, ray_session, tmp_path
+):
+    """Workers write shards straight into the bucket: a run that stops
+    halfway (a task fails; its finished writes stay, nothing is committed)
+    and is resumed holds the rows and failures of one uninterrupted write."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from cps_ray import write_shards
+    from cps_ray.pipeline._output import read_errors, read_output
+
+    env = {"env_vars": {k: os.environ[k] for k in _AWS}}
+    paths = [f"s3://videos/v{i:02d}.mp4" for i in range(12)]
+    errors = [f"{p}: not a video" if i in (2, 7) else None for i, p in enumerate(paths)]
+    items = [{"path": p, "value": i, "error": e, "error_kind": "corrupt" if e else None}
+             for i, (p, e) in enumerate(zip(paths, errors))]  # fmt: skip
+
+    def stop_at(batch, bad):  # nested: Ray's workers get it by value
+        if any(p in bad for p in batch["path"]):
+            import time
+
+            from cps_ray.pipeline._output import read_output
+
+            deadline = time.monotonic() + 120
+            while not read_output("s3://out/resumed").shards and time.monotonic() < deadline:
+                time.sleep(0.2)  # stop once another block's shard is in the bucket
+            raise RuntimeError("stopped")
+        return batch
+
+    s3.filesystem().create_dir("out")
+    write_shards(ray.data.from_items(items, override_num_blocks=6), "s3://out/clean",
+                 rows_per_shard=2, runtime_env=env)  # fmt: skip
+    stopped = ray.data.from_items(items, override_num_blocks=12).map_batches(
+        stop_at,
+        fn_kwargs={"bad": {paths[9]}},
+        batch_format="pandas",
+        max_retries=0,
+        runtime_env=env,
+    )
+    with pytest.raises(Exception, match="stopped"):
+        write_shards(stopped, "s3://out/resumed", rows_per_shard=2, runtime_env=env)
+    killed = read_output("s3://out/resumed")
+    assert killed.manifest["complete"] is False and not killed.has_errors_file
+    done = {p for s in killed.shards for p in _shard_paths(s3, "out/resumed", s["file"])}
+    todo = [item for item in items if item["path"] not in done]
+    assert 0 < len(todo) < len(items)
+    manifest = write_shards(ray.data.from_items(todo), "s3://out/resumed", rows_per_shard=2,
+                            resume=True, skipped=len(items) - len(todo),
+                            runtime_env=env)  # fmt: skip
+    assert (manifest["inputs"], manifest["ok"], manifest["failed"]) == (12, 10, 2)
+
+    def rows(prefix):
+        out = []
+        for shard in read_output(f"s3://{prefix}").shards:
+            with s3.filesystem().open_input_file(f"{prefix}/{shard['file']}") as f:
+                out += pq.read_table(f, columns=["path", "value"]).to_pylist()
+        return sorted(out, key=lambda r: r["path"])
+
+    assert rows("out/resumed") == rows("out/clean")
+    assert sorted(read_errors("s3://out/resumed")) == sorted(read_errors("s3://out/clean"))
+
+
+def _shard_paths(s3, prefix: str, file: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with s3.filesystem().open_input_file(f"{prefix}/{file}") as f:
+        return pq.read_table(f, columns=["path"]).column("path").to_pylist()

@@ -140,6 +140,11 @@ def test_interrupted_write_resumed_equals_one_write(ray_session, tmp_path):
 
     def _fail_on(batch, bad):  # nested: Ray's workers get it by value
         if any(p in bad for p in batch["path"]):
+            deadline = time.monotonic() + 120
+            while not list((out / "shards").glob("shard-*.parquet")):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)  # stop once another block's shard is written
             raise RuntimeError("killed")
         return batch
 
@@ -155,6 +160,7 @@ def test_interrupted_write_resumed_equals_one_write(ray_session, tmp_path):
     assert not killed.has_errors_file
     done = set(_flat_paths(out))
     todo = [p for p in paths if p not in done]
+    assert 0 < len(todo) < len(paths)  # stopped halfway
     ds = rows_dataset(todo, [errors[paths.index(p)] for p in todo])
     manifest = write_shards(ds, out, rows_per_shard=2, config=CFG, resume=True,
                             skipped=len(paths) - len(todo))  # fmt: skip

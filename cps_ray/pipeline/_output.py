@@ -936,6 +936,7 @@ def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_RO
             new rows replace them.
         ledger: the run's :class:`Ledger` actor when the caller started one
             (a streamed job screens its inputs with it); else one is started.
+        runtime_env: for the write tasks and the ledger (a store's settings).
 
     Raises:
         OutputNotEmptyError: ``out`` already holds a run and ``resume`` is off.
@@ -960,7 +961,10 @@ def write_shards(ds, out: str | os.PathLike, *, rows_per_shard: int = DEFAULT_RO
                 ledger = start_ledger(output.given, retry, screen=resume, runtime_env=runtime_env)
             run.begin()
             sink = _sink_class()(output, ledger, rows_per_shard)
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            remote_args: dict[str, Any] = {"num_cpus": 0}
+            if runtime_env:
+                remote_args["runtime_env"] = runtime_env  # the output's store, say
+            ds.write_datasink(sink, ray_remote_args=remote_args)
             records = sink.records
             counts = ray.get(ledger.totals.remote())
         return run.commit(records, counts)
