@@ -332,6 +332,7 @@ def test_server_stopped_halfway_then_resume_equals_a_clean_run(job_env, media, t
     assert len(good) == len(names) - 1
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_write_to_the_store_stopped_halfway_then_resumed_holds_a_clean_writes_rows(
     s3, ray_session, tmp_path
 ):
