@@ -1,23 +1,11 @@
-"""Inputs, in one place: what ``local_stream``, ``patch_dataset``, the jobs
-and the CLI accept, and how it becomes paths (in memory) or a Ray dataset
-of paths (streamed).
-
-An input spec is a list of paths, a ``ray.data.Dataset`` with a ``path``
-column, or one string: a manifest (``.txt`` one path per line, ``.csv`` or
-``.parquet`` with a ``path`` column; a local file or a URI), a folder or a
-URI prefix (its videos, searched recursively, sorted), a glob, or one video
-file. :func:`input_spec` decides which, once.
-
-Manifests are read in *chunks* by one parser (:class:`Manifest`): a text
-manifest in byte ranges (a chunk keeps the lines that start in it), a CSV
-in one streamed pass (quoted fields may hold newlines), a Parquet file a
-row group at a time. In memory the chunks are read in order; in a Ray
-pipeline each chunk is a read task that asks for no CPU, so the driver
-never holds a manifest of any size. A folder or URI prefix is listed by a
-task whose table of paths stays in Ray's object store.
-
-Paths are data: never passed through a shell, and a relative local name is
-never read by FFmpeg as one of its protocols (:func:`local_name`).
+"""Inputs, in one place (``docs/pipeline.md``): a list of paths, a
+``ray.data.Dataset`` with a ``path`` column, or one string (a manifest, a
+folder or URI prefix, a glob, one video), classified once by
+:func:`input_spec`, becomes paths in memory (:func:`input_paths`) or a Ray
+dataset of paths (:func:`input_dataset`). Manifests are read in chunks by
+one parser (:class:`Manifest`); in a Ray pipeline each chunk is a read task
+without a CPU, so the driver never holds a manifest of any size. Paths are
+data: never passed through a shell, never read by FFmpeg as a protocol.
 """
 
 from __future__ import annotations

@@ -1,39 +1,13 @@
-"""Outputs, in one module: the folder or URI a preprocessing run writes,
-who may write it (the lock), what it holds (reading, resume screening), and
-the write itself, done by the workers that make the rows.
-
-Layout under ``OUT``::
-
-    shards/shard-<digest>.parquet   good rows, written by the worker that made them
-    errors.parquet                  path, error, error_kind of every failed video
-    manifest.json                   counts, shards, config, energy rule, columns, versions
-    .lock                           the run writing the output, while it runs
-
-**Workers write, the driver commits.** ``write_shards`` ends the pipeline
-with a Ray Data ``Datasink``: each write task gets about ``rows_per_shard``
-rows, asks the run's ledger (one actor without a CPU) which of their paths
-are its to write (not in the output yet, not written by this run: one path,
-one row), writes the good ones as one shard and returns a small record
-(file, rows, bytes, the failures' paths and reasons). Shards are named from
-their paths (``shard-<digest>``), so a retried write task writes the same
-file again. The driver only combines records: it writes the errors table and
-the manifest at the end. Patches never reach it.
-
-Every file is written under a temporary name (``NAME.tmp-XXXXXXXX``), then
-moved into place: a killed run never leaves half a file under a final name,
-and the next run deletes its temporaries. Every name goes through
-:meth:`OutputRoot.path`, which keeps it inside ``OUT`` (no ``..``, no
-absolute name, no symlink out of a local folder).
-
-**Resume.** What an output holds is what its folder holds: the shards found
-there (a killed run's included; its manifest may not list them yet) and the
-errors table. A resumed run leaves those inputs out (:func:`done_set`, kept
-as 16-byte digests), decodes again the failures of the kinds asked for
-(``retry_kinds``), adds new shards, rewrites the errors table less the
-failures it replaced, and the manifest. A run killed at any point and
-resumed holds the same rows, bit for bit, as a run never interrupted (its
-shards may cut them differently). Rows of one shard keep their input order;
-shards have no order among themselves.
+"""Outputs, in one module (``docs/jobs.md``): the folder or URI a run
+writes (``shards/shard-<digest>.parquet``, ``errors.parquet``,
+``manifest.json``, ``.lock``), who may write it (the lock), what it holds
+(reading, resume screening: the :class:`Ledger`), and the write itself:
+workers write the shards through a Ray Data ``Datasink`` and return small
+records; the driver commits the errors table and the manifest. Every file
+is written under a temporary name, moved into place, and named through
+:meth:`OutputRoot.path`, which keeps it inside ``OUT``. What an output
+holds is what its folder holds, so a run killed at any point and resumed
+holds the rows of a run never interrupted.
 """
 
 from __future__ import annotations
