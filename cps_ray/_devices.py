@@ -82,12 +82,14 @@ def decode_threads(config, concurrent_videos: int = 1, cores: float | None = Non
     return max(1, int(available) // max(1, concurrent_videos))
 
 
-# Planned work (packets to decode plus frames to convert) one more decoder
-# must get before a video is split for it: a decoder of its own costs an
-# open of the file and a thread, and below this a second decoder gained
-# nothing over FFmpeg's own threads on one (benchmark/RESULTS.md, "One long
-# video on every core"). Tests lower it.
-MIN_WORK_PER_DECODER = 400
+# Planned work (packets to decode plus frames to convert) each decoder must
+# get before a video is split: a decoder of its own costs an open of the
+# file, a thread and its own start (about 6 ms of CPU for a 360p H.264
+# clip). Measured on 2 cores (benchmark/RESULTS.md, "One long video on
+# every core"): from 117 units on, two decoders beat one decoder with 2
+# FFmpeg threads (28 vs 45 ms) and one thread (41 ms); at 100 they tied
+# with one thread on a loaded machine. Tests lower it.
+MIN_WORK_PER_DECODER = 100
 
 
 def split_decoders(threads: int, work: int, max_decoders: int) -> tuple[int, int]:

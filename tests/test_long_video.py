@@ -268,3 +268,28 @@ def test_frames_above_this_machines_memory_are_too_large(long_video, monkeypatch
     with pytest.raises(DecodeError, match="this machine's memory") as caught:
         _decode(long_video["long_10min.mp4"], "index", t=11)
     assert caught.value.kind == "too_large"
+
+
+def test_local_stream_gives_one_video_the_cores_of_idle_workers(long_video, monkeypatch):
+    """One video, two workers: it decodes with every core (its plan split
+    where they are several), and its row is the one of one worker."""
+    from cps_ray import PatchStreamConfig, local_stream
+    from cps_ray._devices import usable_cores
+
+    budgets = []
+    split_decoders = devices.split_decoders
+
+    def recorded(threads, work, max_decoders):
+        budgets.append(threads)
+        return split_decoders(threads, work, max_decoders)
+
+    monkeypatch.setattr(planned, "split_decoders", recorded)
+    cfg = PatchStreamConfig(sequence_length=64, input_size=28, patch_size=14, k_keep=16,
+                            decode_backend="cpu", process_backend="cpu")  # fmt: skip
+    path = str(long_video["long_10min.mp4"])
+    (two,) = local_stream([path], cfg, num_workers=2, isolation="none")
+    assert budgets and set(budgets) == {usable_cores()}
+    (one,) = local_stream([path], cfg, num_workers=1, isolation="none")
+    assert two["error"] is None
+    for column in ("patches", "meta_fields", "meta_scores", "frame_indices", "timestamps"):
+        assert np.array_equal(np.asarray(two[column]), np.asarray(one[column]))
