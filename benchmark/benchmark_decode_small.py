@@ -193,11 +193,11 @@ def breakdown(clips: list[str], rounds: int) -> dict:
             req = Request(path, T, "auto", S, "cpu", 1, Limits(path, None, None))
             with open_for_plan(path) as container:
                 stream = _video_stream(container, path)
-                convert = _converter(stream, req)
+                convert = _converter(stream, req)  # a new converter per decoder
                 t2 = time.perf_counter()
                 plan = plan_packets(container, stream, "auto", T, req.limits)
                 t3 = time.perf_counter()
-                decode_plan(plan, stream, req, Nothing())
+                decode_plan(plan, stream, req, lambda threads: Nothing())
                 t4 = time.perf_counter()
             with open_for_plan(path) as container:  # again, converting
                 stream = _video_stream(container, path)

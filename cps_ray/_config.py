@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 from . import _devices as devices
+from ._guards import frames_too_large
 from .errors import ConfigError
 
 Backend = Literal["auto", "cpu", "gpu"]
@@ -79,7 +80,11 @@ class DecodeConfig:
     Attributes:
         video_path: the file to decode; ``None`` in configs handed to
             ``local_stream``/``patch_dataset``, where each input brings its path.
-        sequence_length: T, the number of frames sampled uniformly.
+        sequence_length: T, the number of frames sampled uniformly. The
+            frames (uint8 ``T x 3 x S x S``) may take at most
+            ``cps_ray._guards.MAX_FRAMES_BYTES`` (16 GiB;
+            ``CPS_RAY_MAX_FRAMES_BYTES`` overrides it), checked here where
+            ``input_size`` is set, else when the video's size is known.
         decode_backend: ``"auto"`` (gpu where CUDA is available, else cpu),
             ``"cpu"`` (FFmpeg through torchcodec) or ``"gpu"`` (NVDEC).
         decode_device_id: CUDA device index for ``decode_backend="gpu"``,
@@ -90,9 +95,11 @@ class DecodeConfig:
             to decode within half a sampling interval, see :mod:`cps_ray._decode.packets`).
         input_size: ``None`` keeps the native resolution; an int S resizes
             the short side to S (bilinear, antialiased) and center-crops S x S.
-        ffmpeg_threads: FFmpeg decode threads per video; 0 picks
+        ffmpeg_threads: threads one video's decoding may use; 0 picks
             ``cores // concurrent videos`` so parallel decodes do not
-            oversubscribe the machine.
+            oversubscribe the machine. A long video spends them on
+            decoders side by side (segments of its plan), a short one on
+            FFmpeg's threads (``docs/decoding.md``).
         max_pixels: the largest decoded frame (width x height) accepted;
             a larger video is a ``DecodeError`` before any frame is decoded.
             The default fits DCI 8K (8192 x 4320); ``None`` removes the cap.
@@ -131,6 +138,10 @@ class DecodeConfig:
         _check_choice("uniform_strategy", self.uniform_strategy, UNIFORM_STRATEGIES)
         if self.input_size is not None:
             _check_int("input_size", self.input_size, 1)
+            size = self.input_size
+            too_large = frames_too_large(self.sequence_length, size, size, machine=False)
+            if too_large is not None:
+                raise ConfigError("sequence_length", self.sequence_length, f"Its {too_large}.")
         _check_int("ffmpeg_threads", self.ffmpeg_threads, 0)
         if self.max_pixels is not None:
             _check_int("max_pixels", self.max_pixels, 1)

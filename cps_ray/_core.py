@@ -4,7 +4,7 @@ decoded frames (the decode half), patch tokens (the select half), one row.
 :class:`VideoCore` is what every worker holds: the public face
 (``decode_only``, ``patch_stream``), ``local_stream``, the pipeline's fused
 stage and both halves of its split stages. It resolves ``auto`` once on this
-node, fixes its FFmpeg thread count once, and warms up what it will run.
+node, fixes its threads per video once, and warms up what it will run.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class DecodeResult:
     stream_index: the file's video stream (torchcodec's default pick, never
     an attached picture). device_fallback: why ``auto`` decoded on the CPU of
     a node where torch sees CUDA (``decode_backend`` is then ``"cpu"``).
+    decoders: how many decoders decoded segments of the video side by side
+    (1 but for a long video given several threads; see ``docs/decoding.md``).
     """
 
     path: str
@@ -46,6 +48,7 @@ class DecodeResult:
     decode_seconds: float
     device_fallback: str | None = None
     stream_index: int = 0
+    decoders: int = 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,10 @@ class VideoCore:
         config: a :class:`DecodeConfig` (decode half only) or a
             :class:`PatchStreamConfig`.
         concurrent_videos: videos this core decodes at once (threads): they
-            share ``cores`` (this process's usable cores by default).
+            share ``cores`` (this process's usable cores by default). A
+            video's share (``num_threads``, :func:`~cps_ray._devices.decode_threads`)
+            goes to decoders side by side where its plan is long enough
+            (:func:`~cps_ray._devices.split_decoders`), else to FFmpeg's threads.
         decode, select: ``False`` for a worker that runs only the other half
             (the stages of a split pipeline).
         warm: load the decoders and the selection kernel now, not inside the
@@ -137,6 +143,7 @@ class VideoCore:
             decode_seconds=time.perf_counter() - start,
             device_fallback=out.device_fallback or resolved.decode_fallback,
             stream_index=out.stream_index,
+            decoders=out.decoders,
         )
 
     # -- the select half ----------------------------------------------------------

@@ -70,13 +70,36 @@ def usable_cores() -> int:
 
 
 def decode_threads(config, concurrent_videos: int = 1, cores: float | None = None) -> int:
-    """FFmpeg threads per video, the one rule: ``config.ffmpeg_threads`` when
-    set, else the ``cores`` a worker holds (this process's usable cores by
-    default; a Ray actor's CPUs) shared by its ``concurrent_videos``."""
+    """Threads one video's decoding may use, the one rule: ``config.ffmpeg_threads``
+    when set, else the ``cores`` a worker holds (this process's usable cores by
+    default; a Ray actor's CPUs) shared by its ``concurrent_videos``. How a
+    video spends them (decoders side by side, FFmpeg threads each) is
+    :func:`split_decoders`."""
     if config.ffmpeg_threads:
         return config.ffmpeg_threads
     available = usable_cores() if cores is None else cores
     return max(1, int(available) // max(1, concurrent_videos))
+
+
+# Planned work (packets to decode plus frames to convert) each decoder must
+# get before a video is split: a decoder of its own costs an open of the
+# file, a thread and its own start (about 6 ms of CPU for a 360p H.264
+# clip). Measured on 2 cores (benchmark/RESULTS.md, "One long video on
+# every core"): from 117 units on, two decoders beat one decoder with 2
+# FFmpeg threads (28 vs 45 ms) and one thread (41 ms); at 100 they tied
+# with one thread on a loaded machine. Tests lower it.
+MIN_WORK_PER_DECODER = 100
+
+
+def split_decoders(threads: int, work: int, max_decoders: int) -> tuple[int, int]:
+    """``(decoders, FFmpeg threads each)`` for one video given its ``threads``
+    (:func:`decode_threads`): as many decoders side by side as the threads,
+    the places its plan can be split at (``max_decoders``: segments that
+    start at keyframes) and its ``work`` (planned packets plus frames) allow,
+    at least :data:`MIN_WORK_PER_DECODER` each; the threads left go to
+    FFmpeg's threads in each decoder. One decoder gets them all."""
+    decoders = max(1, min(threads, max_decoders, work // MIN_WORK_PER_DECODER))
+    return decoders, max(1, threads // decoders)
 
 
 def cuda_device_count() -> int:

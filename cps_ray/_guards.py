@@ -7,8 +7,10 @@ FFmpeg is handed an absolute path, so no prefix of a relative name
 (``pipe:0.mp4``, ``concat:a|b``) selects one of its protocols.
 
 While: :class:`Limits` holds the ``max_pixels`` cap, checked on every header
-and frame size, and the cooperative deadline, checked between opens,
-packets, seeks and frames. Failures become one-line reasons for :class:`DecodeError`.
+and frame size, the cap on one video's output frames (:func:`frames_bytes_cap`),
+checked once the frame size is known, and the cooperative deadline, checked
+between opens, packets, seeks and frames. Failures become one-line reasons
+for :class:`DecodeError`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,54 @@ import time
 
 from .errors import DecodeError
 
+# The most bytes of frames one video's decode may hand out (uint8
+# ``T x 3 x H x W``, ``H = W = input_size`` when it is set): the output is
+# allocated once, so a ``sequence_length`` of thousands at a large size fails
+# with a clear error instead of the process running out of memory.
+# ``CPS_RAY_MAX_FRAMES_BYTES`` (bytes) overrides it, in child processes too.
+MAX_FRAMES_BYTES = 16 * 2**30
+FRAMES_BYTES_ENV = "CPS_RAY_MAX_FRAMES_BYTES"
+
+
+def frames_bytes_cap() -> int:
+    """The cap on one video's output frames, in bytes: ``CPS_RAY_MAX_FRAMES_BYTES``
+    where it is set, else :data:`MAX_FRAMES_BYTES`."""
+    value = os.environ.get(FRAMES_BYTES_ENV, "").strip()
+    if not value:
+        return MAX_FRAMES_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{FRAMES_BYTES_ENV} must be a number of bytes, got {value!r}") from None
+
+
+def frames_too_large(count: int, height: int, width: int, *, machine: bool = True) -> str | None:
+    """Why ``count`` uint8 frames of ``3 x height x width`` cannot be held --
+    above :func:`frames_bytes_cap`, or (``machine``) above this machine's
+    memory -- or None."""
+    size = count * 3 * height * width
+    cap = frames_bytes_cap()
+    what = f"{count} frames of 3 x {height} x {width} bytes ({size / 2**20:.1f} MiB)"
+    if size > cap:
+        return (f"{what} exceed the cap on one video's frames ({cap / 2**20:.1f} MiB, "
+                f"{FRAMES_BYTES_ENV}); ask for fewer frames or a smaller input_size")  # fmt: skip
+    memory = _physical_memory() if machine else None
+    if memory is not None and size > memory:
+        return f"{what} exceed this machine's memory ({memory / 2**20:.1f} MiB)"
+    return None
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
 
 class Limits:
-    """The guards of one ``decode_frames`` call: the frame-size cap and the
-    cooperative deadline. Both raise :class:`DecodeError` naming the file."""
+    """The guards of one ``decode_frames`` call: the frame-size cap, the cap on
+    the output frames and the cooperative deadline. Each raises
+    :class:`DecodeError` naming the file."""
 
     def __init__(self, path: str, max_pixels: int | None, timeout_s: float | None):
         self.path = path
@@ -36,6 +82,15 @@ class Limits:
             raise DecodeError(
                 self.path, f"timed out after {self.timeout_s:g} s (decode_timeout_s)", "timeout"
             )
+
+    def check_frames(self, count: int, height, width) -> None:
+        """``count`` output frames of ``height x width`` fit
+        (:func:`frames_too_large`); an unknown size passes."""
+        if not height or not width:
+            return
+        reason = frames_too_large(count, int(height), int(width))
+        if reason is not None:
+            raise DecodeError(self.path, reason, "too_large")
 
     def check_size(self, height, width) -> None:
         """``height x width`` is a frame size; unknown (None or 0) passes."""

@@ -37,6 +37,8 @@ class VideoFrames:
     stream_index: int = 0
     # Why NVDEC could not decode the file when ``auto`` fell back to the CPU.
     device_fallback: str | None = None
+    # Decoders that decoded the frames side by side (segments of the plan).
+    decoders: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.frames, np.ndarray):

@@ -4,7 +4,9 @@ torch resize of :mod:`.resize`. Frames are torch tensors on the device.
 The packet plan (:mod:`.planned`, indexed by PyAV) is copied into an
 in-memory Matroska file that torchcodec decodes; files it cannot serve go
 to torchcodec's own routes (:mod:`.nvdec_routes`). Where NVDEC cannot decode
-a file, ``auto`` decodes it on the CPU (:mod:`.cpu`) and says why.
+a file, ``auto`` decodes it on the CPU (:mod:`.cpu`) and says why. One
+decoder per video: the plan is not split here (the CPU's segments are), and
+the ``T`` native frames are held on the device until they are resized.
 
 Private torchcodec hooks used here, each pinned by the ``torchcodec<0.15``
 bound in ``pyproject.toml`` and exercised by ``tests/test_decode.py``:
@@ -57,6 +59,8 @@ def open_decoder(req: Request, seek_mode: str, source=None):
     req.limits.check_time()
     md = decoder.metadata
     req.limits.check_size(md.height, md.width)
+    # The T frames are held on the device at their native size before the resize.
+    req.limits.check_frames(req.sequence_length, md.height, md.width)
     return decoder
 
 

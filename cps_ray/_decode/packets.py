@@ -104,11 +104,14 @@ def read_index(path: str) -> PacketIndex:
         raise NoPacketIndex(f"PyAV cannot open it: {err.reason}") from None
 
 
-def index_packets(container, stream, *, hold_bytes: int = HOLD_BYTES) -> PacketIndex:
+def index_packets(container, stream, *, hold_bytes: int | None = None) -> PacketIndex:
     """Demux ``stream`` of ``container`` (no decoding), holding the packets
-    while they fit ``hold_bytes``. Raises :class:`NoPacketIndex` where that
-    is impossible."""
+    while they fit ``hold_bytes`` (default :data:`HOLD_BYTES`). Raises
+    :class:`NoPacketIndex` where that is impossible."""
     import av
+
+    if hold_bytes is None:
+        hold_bytes = HOLD_BYTES
 
     if stream.codec_context is None:
         raise NoPacketIndex("no decoder for the stream's codec")

@@ -10,7 +10,8 @@ no seek is trusted (MPEG-TS and MPEG-PS seek badly), so the frames are
 exactly those of a full decode, as the plan's are. The first pass keeps the
 frames the header's frame count (or duration) points at; where the true
 count differs, a second pass keeps the right ones. At most two passes, and
-never more than ``T`` converted frames held at once.
+never more than ``T + 1`` converted frames held at once: they are converted
+into one buffer, which becomes the output. It runs one decoder.
 """
 
 from __future__ import annotations
@@ -54,26 +55,66 @@ def header_hints(container, stream) -> HeaderHints:
 Keep = Callable[[int, float, "float | None"], bool]
 
 
+class _Kept:
+    """The frames a walk keeps, converted into one uint8 buffer of
+    ``capacity`` slots in the order they come (into arrays of their own
+    past it), with their times: the buffer becomes the output."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.buffer: np.ndarray | None = None
+        self.slot: dict[int, int | None] = {}
+        self.frames: dict[int, np.ndarray] = {}
+        self.seconds: dict[int, float] = {}
+
+    def add(self, pos: int, frame, seconds: float, convert) -> None:
+        if self.buffer is None:
+            shape = convert.output_shape(frame.rotation)
+            self.buffer = np.empty((self.capacity, *shape), dtype=np.uint8)
+        n = len(self.frames)
+        self.slot[pos] = n if n < self.capacity else None
+        self.frames[pos] = convert(frame, self.buffer[n] if n < self.capacity else None)
+        self.seconds[pos] = seconds
+
+    def gather(self, decode_pos: np.ndarray) -> np.ndarray:
+        """uint8 ``[T, 3, H, W]`` of the frames at ``decode_pos``: the buffer
+        itself, filled in place from its end, where they were kept in that
+        order (frames come out in display order, which sampling follows);
+        else a copy."""
+        t = len(decode_pos)
+        slots = [self.slot[int(p)] for p in decode_pos]
+        in_place = (t <= self.capacity and None not in slots
+                    and all(s <= i for i, s in enumerate(slots))
+                    and all(a <= b for a, b in zip(slots, slots[1:])))  # fmt: skip
+        if not in_place:
+            return np.stack([self.frames[int(p)] for p in decode_pos])
+        for i in range(t - 1, -1, -1):  # each slot read before it is written
+            if slots[i] != i:
+                self.buffer[i] = self.buffer[slots[i]]
+        return self.buffer[:t]
+
+
 def _walk(req: Request, keep: Keep, convert):
     """Decode every frame once; convert and hold those ``keep(pos, pts, next_pts)``
-    wants. Returns (kept {pos: (frame, seconds)}, every pts, last duration)."""
+    wants (at most ``T + 1``; see :class:`_Kept`). Returns (kept, every pts,
+    last duration)."""
+    kept = _Kept(req.sequence_length + 1)
     with open_container(req.path) as container:
         stream = container.streams[req.stream_index]
         codec = stream.codec_context
         set_threads(codec, req.num_threads)
         tb = float(stream.time_base) if stream.time_base else 0.0
-        kept: dict[int, tuple[np.ndarray, float]] = {}
         all_pts: list[float] = []
         prev = None  # (pos, frame, seconds)
         packets = container.demux(stream)
         for pos, frame in enumerate(decoded_frames(codec, packets, req.limits)):
             seconds = _seconds(frame, tb, all_pts)
             if prev is not None and keep(prev[0], prev[2], seconds):
-                kept[prev[0]] = (convert(prev[1]), prev[2])
+                kept.add(prev[0], prev[1], prev[2], convert)
             prev = (pos, frame, seconds)
             all_pts.append(seconds)
         if prev is not None and keep(prev[0], prev[2], None):
-            kept[prev[0]] = (convert(prev[1]), prev[2])
+            kept.add(prev[0], prev[1], prev[2], convert)
         last_duration = float(prev[1].duration or 0) * tb if prev is not None else 0.0
     return kept, np.asarray(all_pts, dtype=np.float64), last_duration
 
@@ -132,13 +173,12 @@ def decode_sequential(req: Request, strategy: str, hints: HeaderHints, convert):
         ranks = sampling.index_positions(n, t)
     decode_pos = order[ranks]
     wanted = set(decode_pos.tolist())
-    if not wanted.issubset(kept):
-        kept = {p: kept[p] for p in wanted & kept.keys()}  # hold T at most
-        missing = wanted - kept.keys()
-        more, _, _ = _walk(req, lambda pos, pts, nxt: pos in missing, convert)
-        kept.update(more)
-        if not wanted.issubset(kept):
+    if not wanted.issubset(kept.frames):
+        # The header's count was wrong: walk again for exactly the wanted
+        # frames (the first pass's are let go: T held at most).
+        del kept
+        kept, _, _ = _walk(req, lambda pos, pts, nxt: pos in wanted, convert)
+        if not wanted.issubset(kept.frames):
             raise CannotServe("the file decoded differently on a second pass")
-    frames = np.stack([kept[int(p)][0] for p in decode_pos])
-    timestamps = np.array([kept[int(p)][1] for p in decode_pos], dtype=np.float64)
-    return ranks.astype(np.int64), frames, timestamps, n
+    timestamps = np.array([kept.seconds[int(p)] for p in decode_pos], dtype=np.float64)
+    return ranks.astype(np.int64), kept.gather(decode_pos), timestamps, n

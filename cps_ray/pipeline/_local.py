@@ -1,8 +1,10 @@
 """``local_stream``: the pipeline's rows in-process, from a thread pool, no Ray.
 
-torchcodec decodes and the Numba kernels run without the GIL, so threads
-scale over cores; FFmpeg's own threads per video are set so that
-``num_workers`` concurrent decodes fill the cores once.
+PyAV decodes and the Numba kernels run without the GIL, so threads scale
+over cores; each video's decode threads (decoders side by side for a long
+video, FFmpeg's threads for a short one) are set so that the videos decoded
+at once -- ``num_workers``, or fewer when there are fewer videos -- fill the
+cores once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def local_stream(
             or URI prefix, a glob or one video file (see
             :mod:`cps_ray.pipeline._inputs`).
         config: a :class:`PatchStreamConfig` with ``video_path=None``.
-        num_workers: videos decoded at once; default: the cores.
+        num_workers: videos decoded at once (at most the number of
+            videos); default: the cores.
         isolation: ``"process"`` (default): each of the ``num_workers``
             decodes in its own child process, so a decoder crash or hang
             costs one video (an error row), see
@@ -54,6 +57,9 @@ def local_stream(
     workers = num_workers if num_workers is not None else usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError("num_workers", num_workers, "It must be an int >= 1.")
+    # Fewer videos than workers: each video decodes with the cores of the
+    # workers it leaves idle (a long one splits its plan over them).
+    workers = min(workers, max(1, len(paths)))
     worker = Worker(
         config, concurrent_videos=workers, isolation=isolation, max_attempts=max_attempts
     )
