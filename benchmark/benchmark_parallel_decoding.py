@@ -21,11 +21,11 @@ at 25 fps) at the native size with torchcodec (``seek_mode="approximate"``):
 Each is checked bit for bit against the tutorial's sequential decode.
 
 ``decode_only`` (CPU, ``input_size=None``) decodes as many frames, chosen by
-``index``, ``time`` and ``keyframe``, three ways: ``1 thread`` (one decoder),
-``ffmpeg threads`` (one decoder, ``--threads`` FFmpeg threads: the split
-switched off) and ``split`` (``--threads`` for the video: the plan split over
-decoders side by side, the default). Each is checked bit for bit against its
-own one-thread decode. The frames are not the tutorial's: other indices,
+``index``, ``time`` and ``keyframe``: ``1 thread`` (one decoder) and ``split``
+(``--threads`` for the video: the plan split over decoders side by side, the
+default); with ``--ffmpeg-threads`` also one decoder with ``--threads``
+FFmpeg threads (the split switched off). Each is checked bit for bit against
+its own one-thread decode. The frames are not the tutorial's: other indices,
 another conversion (``swscale-bilinear-v1``).
 
 Rounds alternate the runners (each round runs every runner once; the order
@@ -64,6 +64,11 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=usable_cores())
+    ap.add_argument(
+        "--ffmpeg-threads",
+        action="store_true",
+        help="also decode_only on one decoder with --threads FFmpeg threads",
+    )
     ap.add_argument("--json", help="write the results here")
     return ap.parse_args(argv)
 
@@ -160,7 +165,7 @@ def _one_torch_thread_ok(_) -> bool:
 # --- decode_only --------------------------------------------------------------------------
 
 
-def decode_only_runners(path: str, count: int, threads: int) -> dict:
+def decode_only_runners(path: str, count: int, threads: int, ffmpeg_threads: bool) -> dict:
     import cps_ray._devices as devices
     from cps_ray import DecodeConfig, decode_only
 
@@ -185,7 +190,8 @@ def decode_only_runners(path: str, count: int, threads: int) -> dict:
     runners = {}
     for strategy in STRATEGIES:
         runners[("decode_only", strategy, "1 thread")] = runner(strategy, 1, False)
-        runners[("decode_only", strategy, "ffmpeg threads")] = runner(strategy, threads, False)
+        if ffmpeg_threads:
+            runners[("decode_only", strategy, "ffmpeg threads")] = runner(strategy, threads, False)
         runners[("decode_only", strategy, "split")] = runner(strategy, threads, True)
     return runners
 
@@ -211,7 +217,11 @@ def run(args) -> dict:
     tutorial = Tutorial(args.video, args.threads)
     try:
         runners = tutorial.runners()
-        runners.update(decode_only_runners(args.video, len(tutorial.indices), args.threads))
+        runners.update(
+            decode_only_runners(
+                args.video, len(tutorial.indices), args.threads, args.ffmpeg_threads
+            )
+        )
         names = list(runners)
         times: dict[tuple, list[tuple[float, float]]] = {n: [] for n in names}
         digests: dict[tuple, set[str]] = {n: set() for n in names}

@@ -123,18 +123,17 @@ def decode_plan(plan: PacketPlan, stream, req: Request, converter):
     points = split_points(plan)
     work = int(planned_work(plan).sum())
     decoders, _ = split_decoders(req.num_threads, work, len(points) + 1)
+    fresh = True  # the stream's own decoder has decoded nothing yet
     if decoders > 1:
         segments = choose_segments(plan, decoders, points)
         decoders, threads = split_decoders(req.num_threads, work, len(segments))
         if decoders > 1:
             try:
-                return _decode_segments(plan, stream, req, converter, segments, threads, True)
+                return _decode_segments(plan, stream, req, converter, segments, threads, fresh)
             except CannotServe:
-                pass  # a decoder that started afresh disagreed: one decoder tries
-            whole = choose_segments(plan, 1)
-            return _decode_segments(plan, stream, req, converter, whole, req.num_threads, False)
+                fresh = False  # a decoder that started afresh disagreed: one decoder tries
     whole = choose_segments(plan, 1)
-    return _decode_segments(plan, stream, req, converter, whole, req.num_threads, True)
+    return _decode_segments(plan, stream, req, converter, whole, req.num_threads, fresh)
 
 
 def _decode_segments(plan: PacketPlan, stream, req: Request, converter, segments, threads: int,
