@@ -86,11 +86,12 @@ class Worker:
     children (``"process"``), shared by the caller's threads.
 
     ``cores``: what the worker holds (default: this process's usable cores);
-    ``processes_per_gpu``: workers like this one sharing a GPU."""
+    ``processes_per_gpu``: workers like this one sharing a GPU; ``wait``:
+    build returns once the children are ready (else the first call waits)."""
 
     def __init__(self, config: PatchStreamConfig, concurrent_videos: int = 1, *,
                  isolation: str, max_attempts: int, cores: float | None = None,
-                 processes_per_gpu: int = 1):  # fmt: skip
+                 processes_per_gpu: int = 1, wait: bool = True):  # fmt: skip
         check_stream_config(config)
         # Resolved here, once, so a config this node cannot run fails at once;
         # the error rows this process writes record it.
@@ -106,6 +107,7 @@ class Worker:
             max_attempts=max_attempts,
             size=concurrent_videos,
             preload=preload_for(self.core),
+            wait=wait,
         )
 
     def __call__(self, path: str) -> dict[str, Any]:
@@ -118,10 +120,12 @@ class Worker:
 
 class FrameWorker:
     """Turns a path into ``(True, DecodeResult with NumPy arrays)`` or
-    ``(False, (reason, kind))``: the decode half, isolated as asked."""
+    ``(False, (reason, kind))``: the decode half, isolated as asked
+    (``wait``: as :class:`Worker`'s)."""
 
     def __init__(self, config: PatchStreamConfig, *, isolation: str, max_attempts: int,
-                 cores: float | None = None, processes_per_gpu: int = 1):  # fmt: skip
+                 cores: float | None = None, processes_per_gpu: int = 1,
+                 wait: bool = True):  # fmt: skip
         check_stream_config(config)
         self.core = VideoCore(config, cores=cores, select=False, warm=isolation == "none",
                               processes_per_gpu=processes_per_gpu)  # fmt: skip
@@ -132,6 +136,7 @@ class FrameWorker:
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
             preload=preload_for(self.core),
+            wait=wait,
         )
 
     def __call__(self, path: str) -> tuple[bool, Any]:
