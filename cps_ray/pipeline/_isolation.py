@@ -288,7 +288,6 @@ class IsolatedWorker:
         self._proc = None
         self._conn = None
         self._ready = False
-        self._first_start_pending = False
         self._results = ResultBuffer.create()
         # Children this worker had to replace, by cause (for tests and logs).
         self.restarts = {"crashed": 0, "timed_out": 0, "start_failed": 0}
@@ -322,15 +321,8 @@ class IsolatedWorker:
             theirs.close()
         self._proc, self._conn = proc, ours
 
-    def start(self, wait: bool = True) -> None:
-        """Start the child and wait until its target is built; with
-        ``wait=False`` the first :meth:`run` waits (and raises where this start
-        fails), so the child's imports and warm-up overlap its owner's."""
-        if not wait:
-            self.spawn()
-            self._first_start_pending = True
-            return
-        self._first_start_pending = False
+    def start(self) -> None:
+        """Start the child and wait until its target is built."""
         self.spawn()
         try:
             if not self._conn.poll(STARTUP_TIMEOUT_S):
@@ -400,8 +392,6 @@ class IsolatedWorker:
             pass
 
     def run(self, item: Any) -> tuple[bool, Any]:
-        if self._first_start_pending:
-            self.start()  # the first start: raises IsolationError
         deaths: list[str] = []
         limit = hard_timeout(self.timeout_s)
         name = printable_path(str(item))
@@ -460,14 +450,13 @@ class IsolatedPool:
         for worker in self.workers:
             self._free.put(worker)
 
-    def start(self, wait: bool = True) -> None:
-        """Start every child; their warm-ups overlap. ``wait=False``: see
-        :meth:`IsolatedWorker.start`."""
+    def start(self) -> None:
+        """Start every child; their warm-ups overlap."""
         try:
             for worker in self.workers:
                 worker.spawn()
             for worker in self.workers:
-                worker.start(wait)
+                worker.start()
         except IsolationError:
             self.close()
             raise
@@ -505,14 +494,12 @@ class InProcess:
 def contained(in_process: Callable[[], Callable[[Any], Any]],
               in_child: Callable[[], Callable[[Any], Any]], *, isolation: str,
               timeout_s: float | None, max_attempts: int, size: int = 1,
-              preload: tuple[str, ...] = (),
-              wait: bool = True) -> InProcess | IsolatedPool:  # fmt: skip
+              preload: tuple[str, ...] = ()) -> InProcess | IsolatedPool:  # fmt: skip
     """The one place per-video work is isolated: a runner whose ``run(item)``
     returns ``(True, result)`` or ``(False, (reason, kind))``.
 
     ``isolation="process"``: ``size`` children, each built by ``in_child``
-    (started now; the first start raises :class:`IsolationError`, here or,
-    with ``wait=False``, in the first ``run``);
+    (started now; the first start raises :class:`IsolationError`);
     ``"none"``: one target built by ``in_process``, shared by the caller's
     threads.
     """
@@ -521,5 +508,5 @@ def contained(in_process: Callable[[], Callable[[Any], Any]],
         return InProcess(in_process)
     pool = IsolatedPool(in_child, size, timeout_s=timeout_s, max_attempts=max_attempts,
                         preload=preload, import_main=False)  # fmt: skip
-    pool.start(wait)
+    pool.start()
     return pool

@@ -45,7 +45,6 @@ class DecodeStage:
             max_attempts=max_attempts,
             cores=cpus,
             processes_per_gpu=processes_per_gpu(gpu_share),
-            wait=False,  # the child warms up while Ray Data readies the actor
         )
         self.resolved = self.worker.core.resolved
 
@@ -113,8 +112,7 @@ class FusedStage:
                  isolation: str = DEFAULT_ISOLATION, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  gpu_share: float = 0.0):  # fmt: skip
         self.worker = Worker(config, isolation=isolation, max_attempts=max_attempts, cores=cpus,
-                             processes_per_gpu=processes_per_gpu(gpu_share),
-                             wait=False)  # fmt: skip
+                             processes_per_gpu=processes_per_gpu(gpu_share))  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return rows_to_batch([self.worker(path) for path in _paths(batch)])

@@ -86,12 +86,11 @@ class Worker:
     children (``"process"``), shared by the caller's threads.
 
     ``cores``: what the worker holds (default: this process's usable cores);
-    ``processes_per_gpu``: workers like this one sharing a GPU; ``wait``:
-    build returns once the children are ready (else the first call waits)."""
+    ``processes_per_gpu``: workers like this one sharing a GPU."""
 
     def __init__(self, config: PatchStreamConfig, concurrent_videos: int = 1, *,
                  isolation: str, max_attempts: int, cores: float | None = None,
-                 processes_per_gpu: int = 1, wait: bool = True):  # fmt: skip
+                 processes_per_gpu: int = 1):  # fmt: skip
         check_stream_config(config)
         # Resolved here, once, so a config this node cannot run fails at once;
         # the error rows this process writes record it.
@@ -107,7 +106,6 @@ class Worker:
             max_attempts=max_attempts,
             size=concurrent_videos,
             preload=preload_for(self.core),
-            wait=wait,
         )
 
     def __call__(self, path: str) -> dict[str, Any]:
@@ -120,12 +118,10 @@ class Worker:
 
 class FrameWorker:
     """Turns a path into ``(True, DecodeResult with NumPy arrays)`` or
-    ``(False, (reason, kind))``: the decode half, isolated as asked
-    (``wait``: as :class:`Worker`'s)."""
+    ``(False, (reason, kind))``: the decode half, isolated as asked."""
 
     def __init__(self, config: PatchStreamConfig, *, isolation: str, max_attempts: int,
-                 cores: float | None = None, processes_per_gpu: int = 1,
-                 wait: bool = True):  # fmt: skip
+                 cores: float | None = None, processes_per_gpu: int = 1):  # fmt: skip
         check_stream_config(config)
         self.core = VideoCore(config, cores=cores, select=False, warm=isolation == "none",
                               processes_per_gpu=processes_per_gpu)  # fmt: skip
@@ -136,7 +132,6 @@ class FrameWorker:
             timeout_s=config.decode_timeout_s,
             max_attempts=max_attempts,
             preload=preload_for(self.core),
-            wait=wait,
         )
 
     def __call__(self, path: str) -> tuple[bool, Any]:
