@@ -181,30 +181,92 @@ def tree_cpu() -> dict[tuple[int, float], float]:
     return out
 
 
+STAGES = ("FusedStage", "DecodeStage", "SelectStage", "DecordTokens", "TorchcodecTokens")
+
+
+def kind_of(proc, me: int) -> str:
+    """What a process of the tree is: the driver, a stage's actor, an isolated
+    child, its fork server, or the rest of Ray (head, raylet, idle workers)."""
+    import psutil
+
+    try:
+        line = " ".join(proc.cmdline())
+        parent = proc.ppid()
+        if proc.pid == me:
+            return "driver"
+        if "forkserver" in line or "resource_tracker" in line:
+            # a fork server's children run its command line too
+            grand = psutil.Process(parent).cmdline() if parent else []
+            if "forkserver" in " ".join(grand):
+                return "isolated child"
+            return "fork server" if "forkserver" in line else "resource tracker"
+        for stage in STAGES:
+            if stage in line:
+                return stage + " actor"
+    except psutil.Error:
+        return "gone"
+    return "rest of Ray"
+
+
 class TreeCpu:
     """CPU seconds of the process tree over a run, sampled every ``interval_s``
     (a process killed without being waited for, an actor's fork server say,
-    keeps the CPU of its last sample)."""
+    keeps the CPU of its last sample), in all and by kind of process (each
+    process's own CPU, :func:`kind_of`)."""
 
     def __init__(self, interval_s: float = 0.2):
         import threading
 
+        self.me = os.getpid()
         self.start = tree_cpu()
         self.last = dict(self.start)
+        self.own: dict[tuple[int, float], tuple[str, float]] = {}
+        self.own_start = self._own()
         self.interval_s = interval_s
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
+    def _own(self) -> dict[tuple[int, float], tuple[str, float]]:
+        import psutil
+
+        me = psutil.Process()
+        out = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+            except psutil.Error:
+                continue
+            kind = kind_of(proc, self.me)
+            seen = self.own.get(key, (None, 0.0))[0] if hasattr(self, "own") else None
+            # a process keeps the most specific kind it was seen as (an idle
+            # Ray worker becomes an actor; a dying one cannot be asked)
+            if seen is not None and kind in ("gone", "rest of Ray"):
+                kind = seen
+            out[key] = (kind, t.user + t.system)
+        return out
+
     def _sample(self) -> None:
         while not self.done.wait(self.interval_s):
             self.last.update(tree_cpu())
+            self.own.update(self._own())
 
-    def stop(self) -> float:
+    def snapshot(self) -> tuple[float, dict[str, float]]:
+        """CPU seconds since the start: in all, and by kind of process."""
+        self.last.update(tree_cpu())
+        self.own.update(self._own())
+        total = sum(max(0.0, v - self.start.get(k, 0.0)) for k, v in self.last.items())
+        kinds: dict[str, float] = {}
+        for key, (kind, cpu) in self.own.items():
+            before = self.own_start.get(key, (kind, 0.0))[1]
+            kinds[kind] = kinds.get(kind, 0.0) + max(0.0, cpu - before)
+        return total, kinds
+
+    def stop(self) -> tuple[float, dict[str, float]]:
         self.done.set()
         self.thread.join()
-        self.last.update(tree_cpu())
-        return sum(max(0.0, v - self.start.get(k, 0.0)) for k, v in self.last.items())
+        return self.snapshot()
 
 
 def machine_busy() -> float:
@@ -228,22 +290,31 @@ def run_once(ray, runner: str, paths, size_hw, cpus: int, batch_size: int) -> di
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         if first_s is None:
             first_s, first_n = time.perf_counter() - start, len(batch["path"])
+            at_first = cpu.snapshot()
         assert batch["patches"].shape[1:] == (K, 3, P, P), batch["patches"].shape
         assert batch["meta_fields"].shape[1:] == (K, 3)
         if "error" in batch:
             errors += sum(1 for e in batch["error"] if isinstance(e, str) and e)
         n += len(batch["path"])
     total_s = time.perf_counter() - start
-    tree, busy1 = cpu.stop(), machine_busy()
+    (tree, kinds), busy1 = cpu.stop(), machine_busy()
     return {
         "runner": runner,
         "videos": n,
         "errors": errors,
         "seconds": total_s,
         "first_batch_s": first_s,
-        "rate_after_first": (n - first_n) / (total_s - first_s),
+        "rate_after_first": (n - first_n) / max(1e-9, total_s - first_s),
         "cpu_tree_s_per_video": tree / n,
         "cpu_machine_s_per_video": (busy1 - busy0) / n,
+        "cpu_s_per_video_by_process": {k: v / n for k, v in sorted(kinds.items())},
+        # CPU until the first batch, and per video after it
+        "cpu_to_first_batch_s": at_first[0],
+        "cpu_s_per_video_after_first": (tree - at_first[0]) / max(1, n - first_n),
+        "cpu_s_per_video_after_first_by_process": {
+            k: (v - at_first[1].get(k, 0.0)) / max(1, n - first_n) for k, v in sorted(kinds.items())
+        },
+        "cpu_to_first_batch_by_process": dict(sorted(at_first[1].items())),
     }
 
 
@@ -313,6 +384,11 @@ def summarize(runs: list[dict], runners: list[str]) -> dict:
         row = {key: statistics.median(x[key] for x in xs)
                for key in ("first_batch_s", "rate_after_first", "cpu_tree_s_per_video",
                            "cpu_machine_s_per_video")}  # fmt: skip
+        for key in ("cpu_to_first_batch_s", "cpu_s_per_video_after_first"):
+            row[key] = statistics.median(x[key] for x in xs)
+        for key in ("cpu_s_per_video_after_first_by_process", "cpu_to_first_batch_by_process"):
+            kinds = sorted({k for x in xs for k in x[key]})
+            row[key] = {k: statistics.median(x[key].get(k, 0.0) for x in xs) for k in kinds}
         if "decord" in by and runner != "decord":
             ratio, first = [], []
             for r in rounds:
@@ -344,6 +420,15 @@ def print_tables(results: dict, args) -> None:
             print(f"{runner:26} {row['first_batch_s']:13.2f} {row['rate_after_first']:14.2f} "
                   f"{ratio:>9} {delta:>14} {row['cpu_tree_s_per_video'] * 1e3:12.1f} "
                   f"{row['cpu_machine_s_per_video'] * 1e3:10.1f}")  # fmt: skip
+        print("CPU s to the first batch; CPU ms per video after it (by process, own CPU, sampled):")
+        for runner, row in data["summary"].items():
+            start = row["cpu_to_first_batch_by_process"].items()
+            after = row["cpu_s_per_video_after_first_by_process"].items()
+            print(f"  {runner}: to first {row['cpu_to_first_batch_s']:.2f} s ("
+                  + ", ".join(f"{k} {v:.2f}" for k, v in start if v >= 0.005)
+                  + f"); after {row['cpu_s_per_video_after_first'] * 1e3:.1f} ms/video ("
+                  + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in after if v >= 5e-5)
+                  + ")")  # fmt: skip
 
 
 if __name__ == "__main__":
