@@ -136,7 +136,8 @@ def user_dataset(ray, paths, stage, size_hw, cpus: int):
 
 
 def parse_runner(name: str) -> tuple[str, dict]:
-    """``cps:fuse=false,isolation=none`` -> ("cps", {"fuse": False, ...})."""
+    """``cps:fuse=false,isolation=none`` -> ("cps", {"fuse": False, ...});
+    ``decode_pool=1-2`` is the pool ``(1, 2)``."""
     kind, _, rest = name.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
@@ -146,6 +147,8 @@ def parse_runner(name: str) -> tuple[str, dict]:
             options[key] = low == "true"
         elif low == "none" and key != "isolation":
             options[key] = None
+        elif "-" in value and all(v.isdigit() for v in value.split("-")):
+            options[key] = tuple(int(v) for v in value.split("-"))  # a (min, max) pool
         else:
             try:
                 options[key] = int(value)
