@@ -78,7 +78,7 @@ def main(paths: list[str]) -> None:
     actors = {}  # stage -> [(node, asks for a GPU)], every actor of both runs
     for actor in list_actors(detail=True, limit=1000):
         name = actor.class_name or ""
-        for stage in ("DecodeStage", "SelectStage"):
+        for stage in ("DecodeStage", "SelectStage", "FusedStage"):
             if stage in name:
                 wants_gpu = any(
                     key == "GPU" or key.startswith("GPU_group")

@@ -43,9 +43,11 @@ def test_stages_land_where_the_config_says_and_reserved_gpus_stay_free(media):
     assert seen["same_as_cpu"]
 
     # The GPU reserved for other work (Ray Train workers: reserve_gpus=1): the
-    # auto pipeline's actors ask for no GPU and resolve auto to the CPU.
+    # auto pipeline (cpu -> cpu: one fused pool) asks for no GPU and resolves
+    # auto to the CPU.
     assert not any(wants_gpu for _, wants_gpu in seen["actors"]["DecodeStage"])
-    assert any(not wants_gpu for _, wants_gpu in seen["actors"]["SelectStage"])
+    assert seen["actors"]["FusedStage"]
+    assert not any(wants_gpu for _, wants_gpu in seen["actors"]["FusedStage"])
     reserved = {r[0]: r[1:] for r in seen["reserved_rows"]}
     assert [reserved[p][:3] for p in paths[:2]] == [["cpu", "cpu", None]] * 2
     assert "empty file" in reserved[paths[2]][2]

@@ -143,6 +143,36 @@ def test_child_that_cannot_start_stops_the_run():
         worker.start()
 
 
+def _arrays(item):
+    """A child's target: ``item`` bytes of arrays, and a non-contiguous view."""
+    big = np.arange(item, dtype=np.uint8)
+    return {"big": big.reshape(-1, 16), "strided": big[::3], "n": item}
+
+
+def _array_target():
+    return _arrays
+
+
+def test_results_cross_through_a_shared_buffer_that_grows():
+    """A result's arrays come back through the worker's memory file, which
+    grows to the largest result; each result owns writable arrays."""
+    worker = IsolatedWorker(_array_target, timeout_s=30, import_main=False)
+    try:
+        assert worker._results is not None  # Linux: a memfd
+        first_size = worker._results.size
+        results = [worker.run(n) for n in (64, 3 * first_size, 1024)]
+    finally:
+        worker.close()
+    assert worker._results is None  # closed with the worker
+    for (ok, value), n in zip(results, (64, 3 * first_size, 1024)):
+        want = _arrays(n)
+        assert ok and value["n"] == n
+        for key in ("big", "strided"):
+            np.testing.assert_array_equal(value[key], want[key])
+            assert value[key].flags.writeable
+    assert results[0][1]["big"].sum() == _arrays(64)["big"].sum()  # not overwritten later
+
+
 def _raise(message):
     raise RuntimeError(message)
 
@@ -266,14 +296,15 @@ def test_server_and_children_exit_with_their_owner(tmp_path):
     assert not alive
 
 
-def test_isolated_rows_leave_no_leaked_semaphore(media, tmp_path):
+def test_isolated_rows_leave_no_leaked_semaphore_nor_rerun_the_script(media, tmp_path):
+    """A script without a ``__main__`` guard: its children do not run it again."""
     code = (
         "import sys\n"
         "from cps_ray import PatchStreamConfig, local_stream\n"
-        "if __name__ == '__main__':\n"
-        "    cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=3)\n"
-        "    rows = list(local_stream(sys.argv[1:], cfg, num_workers=2))\n"
-        "    print(sum(r['error'] is None for r in rows))\n"
+        "print('top level')\n"
+        "cfg = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=3)\n"
+        "rows = list(local_stream(sys.argv[1:], cfg, num_workers=2))\n"
+        "print(sum(r['error'] is None for r in rows))\n"
     )
     script = tmp_path / "rows.py"
     script.write_text(code)
@@ -281,7 +312,7 @@ def test_isolated_rows_leave_no_leaked_semaphore(media, tmp_path):
                            str(media["vp9.webm"])], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["2"] and "leaked" not in done.stderr
+    assert done.stdout.split("\n")[:2] == ["top level", "2"] and "leaked" not in done.stderr
 
 
 class _Unpicklable:
@@ -339,10 +370,11 @@ def _actor_pids(stage: str) -> list[int]:
 
 
 @pytest.mark.slow(seconds=13)
+@pytest.mark.parametrize("pools", [{}, {"fuse": False}], ids=["default", "split"])
 def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
-    ray_session, media, clean_rows
+    ray_session, media, clean_rows, pools
 ):
-
+    """Default plan: the fused actors' children; split: the decode actors'."""
     cfg = replace(CFG, decode_timeout_s=5.0)
     broken = sorted(n for n in media if n.startswith("broken/"))
     names = GOOD + broken
@@ -353,6 +385,7 @@ def test_pipeline_contains_crash_and_hang_and_accounts_for_every_input(
         cfg,
         videos_per_block=2,
         runtime_env={"env_vars": env},
+        **pools,
     )
     rows = list(ds.iter_rows())
 
@@ -381,7 +414,7 @@ def test_killed_decode_actor_leaves_identical_rows(ray_session, media, clean_row
     # (the select actor was still starting).
     slow = {SLOW_ENV: ",".join(GOOD)}
     ds = patch_dataset(
-        paths, CFG, videos_per_block=1, decode_pool=1, runtime_env={"env_vars": slow}
+        paths, CFG, videos_per_block=1, decode_pool=1, fuse=False, runtime_env={"env_vars": slow}
     )
     killed: list[int] = []
     done = threading.Event()

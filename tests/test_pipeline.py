@@ -42,10 +42,10 @@ def _assert_rows_equal(a, b):
             assert a[key] == b[key], key
 
 
-# The default plan on two CPUs (split: two decode actors and a select actor),
-# and one fused actor.
+# The default plan on two CPUs (two fused actors), and the split plan (two
+# decode actors and a select actor).
 @pytest.mark.parametrize(
-    "dtype, selection, pools", [("bf16", "energy", {}), ("fp16", "random", ONE_ACTOR)]
+    "dtype, selection, pools", [("bf16", "energy", {}), ("fp16", "random", {"fuse": False})]
 )
 def test_rows_equal_local_stream_bit_for_bit(ray_session, media, dtype, selection, pools):
     cfg = PatchStreamConfig(
@@ -91,8 +91,20 @@ def test_unknown_pool_option(ray_session):
         patch_dataset(["a.mp4"], CFG, decode_poool=2)
 
 
-def test_plan_cpu_cluster_fits_two_cores():
+def test_plan_cpu_cluster_fuses_one_actor_per_cpu():
     plan = plan_pipeline(CFG, {"CPU": 2.0})
+    assert plan.fused
+    (fused,) = plan.stages
+    assert (fused.num_cpus, fused.num_gpus, fused.pool) == (1.0, 0.0, 2)
+    assert plan_pipeline(CFG, {"CPU": 16.0}).stages[0].pool == 16
+    assert plan_pipeline(CFG, {"CPU": 2.0}, reserve_cpus=0.5).stages[0].pool == 1
+    assert plan_pipeline(CFG, {"CPU": 8.0}, decode_num_cpus=2.0).stages[0].pool == 4
+
+
+@pytest.mark.parametrize("options", [{"fuse": False}, {"select_pool": 1}, {"select_num_cpus": 0.5}])
+def test_plan_cpu_cluster_split_when_asked_fits_two_cores(options):
+    """fuse=False, or a select option, asks for a select pool of its own."""
+    plan = plan_pipeline(CFG, {"CPU": 2.0}, **options)
     decode, select = plan.stages
     assert not plan.fused
     assert (decode.num_gpus, select.num_gpus) == (0.0, 0.0)
@@ -119,6 +131,10 @@ def test_plan_split_backends():
     assert decode.pool == 8
     with pytest.raises(DeviceUnavailableError, match="declares no GPU"):
         plan_pipeline(gpu_cpu, {"CPU": 8.0})
+    # gpu -> gpu on two devices, and gpu -> gpu split on request
+    two = replace(CFG, decode_backend="gpu", process_backend="gpu", process_device_id=1)
+    assert not plan_pipeline(two, {"CPU": 8.0, "GPU": 2.0}).fused
+    assert not plan_pipeline(CFG, {"CPU": 8.0, "GPU": 1.0}, fuse=False).fused
 
 
 @pytest.mark.slow(seconds=11)

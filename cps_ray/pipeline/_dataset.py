@@ -1,6 +1,7 @@
-"""``patch_dataset``: the Ray Data pipeline. A decode actor pool then a
-patch-selection actor pool (or one fused pool for gpu -> gpu on one device),
-placed by the split backend config.
+"""``patch_dataset``: the Ray Data pipeline. One fused actor pool (decode and
+select in each actor) for cpu -> cpu and gpu -> gpu on one device, else a
+decode actor pool then a patch-selection actor pool, placed by the split
+backend config (``docs/pipeline.md``).
 
 Each stage declares its resources in a :class:`StageResources`; one adapter,
 :func:`map_batches_kwargs`, maps that onto ``map_batches`` arguments.
@@ -83,6 +84,21 @@ def _check_pool(name: str, value) -> None:
         raise ConfigError(name, value, "It must be an int >= 1 or a (min, max) tuple.")
 
 
+def default_fuse(config: PatchStreamConfig, decode_gpu: bool, process_gpu: bool,
+                 select_options: tuple) -> bool:  # fmt: skip
+    """Whether a plan fuses decode and select into one actor when ``fuse``
+    is not given: where both run on the CPU (unless a select option asks for a
+    pool of its own), and gpu -> gpu on one device: the frames never leave
+    the process that decoded them (nor its device), and no second pool of
+    actors starts. cpu -> gpu and gpu -> cpu stay split: each stage is sized
+    to its device. The measurements behind it: ``docs/pipeline.md``."""
+    if decode_gpu != process_gpu:
+        return False
+    if decode_gpu:
+        return config.decode_device_id == config.process_device_id
+    return all(option is None for option in select_options)
+
+
 def plan_pipeline(
     config: PatchStreamConfig,
     cluster: dict[str, float],
@@ -99,6 +115,12 @@ def plan_pipeline(
     reserve_gpus: float = 0.0,
 ) -> PipelinePlan:
     """Resources per stage from the split config and the cluster's resources.
+
+    One fused pool (decode and select in each actor) for cpu -> cpu, unless a
+    ``select_*`` option asks for a select pool, and for gpu -> gpu on one
+    device (:func:`default_fuse`); ``fuse=False`` splits any config into a
+    decode pool and a select pool. A fused CPU actor holds one CPU (one video
+    at a time, one FFmpeg and one Numba thread), one per CPU of the cluster.
 
     ``auto`` asks for GPUs when the cluster has them; each actor still
     resolves ``auto`` on its own node when it starts. ``reserve_cpus`` and
@@ -134,7 +156,8 @@ def plan_pipeline(
     if select_num_gpus is not None:
         process_gpu = process_gpu and select_num_gpus > 0
     if fuse is None:
-        fuse = decode_gpu and process_gpu and config.decode_device_id == config.process_device_id
+        fuse = default_fuse(config, decode_gpu, process_gpu,
+                            (select_pool, select_num_cpus, select_num_gpus))  # fmt: skip
 
     if fuse:
         share = decode_num_gpus or (DEFAULT_DECODE_GPU_SHARE if decode_gpu else 0.0)
@@ -190,8 +213,9 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
         pool_options: ``decode_pool``, ``select_pool`` (int or ``(min, max)``),
             ``decode_num_cpus``, ``decode_num_gpus``, ``select_num_cpus``,
             ``select_num_gpus``, ``videos_per_block`` (8; fewer for short
-            inputs, so every decode actor gets work), ``fuse`` (None:
-            fuse gpu -> gpu on one device), ``reserve_cpus`` and
+            inputs, so every decode actor gets work), ``fuse`` (None: one
+            fused pool for cpu -> cpu and for gpu -> gpu on one device, see
+            :func:`plan_pipeline`; False: a decode and a select pool), ``reserve_cpus`` and
             ``reserve_gpus`` (0: resources the pools leave to other work,
             e.g. Ray Train workers; reserved GPUs never decode), ``preserve_order`` (True),
             ``isolation`` (``"process"``: decoders run in a child process of
@@ -201,8 +225,8 @@ def patch_dataset(inputs, config: PatchStreamConfig, **pool_options):
             ``runtime_env`` (for every stage's actors, e.g. ``env_vars``).
 
     Rows are those of :func:`cps_ray.local_stream`, bit for bit; a failed
-    video is a row with ``error`` set. Defaults fill the cluster's CPUs once
-    (decode) and keep a small selection pool.
+    video is a row with ``error`` set. Defaults fill the cluster's CPUs once:
+    on a CPU cluster one fused actor per CPU.
     """
     return build_patch_dataset(inputs, config, None, pool_options)
 

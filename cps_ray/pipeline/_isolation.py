@@ -21,19 +21,27 @@ child, and a child replacing one that crashed, starts in milliseconds.
 - a child exits as soon as its owner is gone, and the fork server with it:
   no process outlives the worker that started it.
 
+A result crosses without the pipe (Linux): each worker holds a memory file
+(``memfd``) that its child maps too; the child writes the result's arrays
+there (pickle protocol 5's out-of-band buffers) and the pipe carries only the
+rest: a row of patches sent through the pipe cost a quarter of decoding a
+small clip (``docs/pipeline.md``). The children of
+:func:`contained` do not re-run their owner's main module (a Ray worker's
+main imports Ray; a user's script would start again): their targets live in
+cps_ray, whose modules the fork server preloads.
+
 ``isolation="none"`` runs the work in the worker itself: no per-video cost,
 but a crash takes the worker down (a Ray actor is then restarted, with
 bounded task retries).
 
-As with every ``multiprocessing`` start method but ``fork``, a script whose
-top level calls ``local_stream`` must guard it with ``if __name__ ==
-"__main__":`` (the children import the script's module).
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -56,6 +64,12 @@ MAX_GRACE_S = 5.0
 # A child that cannot be started again: the next start waits 1, 2, 4... s.
 START_BACKOFF_S = 1.0
 MAX_START_BACKOFF_S = 60.0
+# The result buffer's first size: a row or the frames of 16 frames at 224
+# (2.4 MB each) fit; it grows to the largest result.
+RESULT_BUFFER_BYTES = 8 * 2**20
+_ALIGN = 64  # each array of a result starts on a cache line
+# The name of the children that skip the main module (_skip_main_for_our_children).
+CHILD_NAME = "cps_ray-isolated"
 
 _context_lock = threading.Lock()
 
@@ -89,21 +103,117 @@ def describe_exit(code: int | None) -> str:
 
 def child_context(preload: tuple[str, ...]):
     """The ``multiprocessing`` context children start from: the fork server
-    (Linux), preloading ``preload`` (and Ray, inside a Ray worker: a child
-    imports the worker's main module, which imports Ray); elsewhere spawn."""
+    (Linux), preloading ``preload``; elsewhere spawn."""
+    _skip_main_for_our_children()
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     with _context_lock:
-        modules = list(preload) + (["ray"] if "ray" in sys.modules else [])
         # Takes effect when the server starts: the first worker's list holds.
-        context.set_forkserver_preload(modules)
+        context.set_forkserver_preload(list(preload))
     return context
 
 
-def _child_main(conn, make_target, env: dict[str, str], owner: int) -> None:
+def _skip_main_for_our_children() -> None:
+    """Make :mod:`multiprocessing` start the processes named ``CHILD_NAME``
+    without re-running the owner's main module; other processes keep the
+    standard behaviour. A child's target lives in cps_ray, never in
+    ``__main__``; re-running the main module made each fork server inside a
+    Ray worker import Ray, and a user's script without an ``if __name__ ==
+    "__main__":`` guard start itself again."""
+    from multiprocessing import spawn
+
+    with _context_lock:
+        if getattr(spawn.get_preparation_data, "_cps_ray", False):
+            return
+        standard = spawn.get_preparation_data
+
+        def _preparation_data(name):
+            data = standard(name)
+            if name == CHILD_NAME:
+                data.pop("init_main_from_path", None)
+                data.pop("init_main_from_name", None)
+            return data
+
+        _preparation_data._cps_ray = True
+        spawn.get_preparation_data = _preparation_data
+
+
+class ResultBuffer:
+    """A memory file the owner and its child both map: the child writes a
+    result's arrays into it and sends the rest of the result through the
+    pipe (:meth:`write`), the owner rebuilds the result from both
+    (:meth:`read`, which copies the arrays out: the next result reuses the
+    file). Linux only; :meth:`create` returns ``None`` elsewhere."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+        self.map = mmap.mmap(fd, size)
+
+    @classmethod
+    def create(cls, size: int = RESULT_BUFFER_BYTES) -> ResultBuffer | None:
+        if not hasattr(os, "memfd_create") or not sys.platform.startswith("linux"):
+            return None
+        fd = os.memfd_create("cps_ray-results", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return cls(fd, size)
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        # As a Connection crosses to a child: the descriptor travels with it.
+        return _attach_buffer, (reduction.DupFd(self.fd), self.size)
+
+    def _ensure(self, size: int) -> None:
+        if size <= self.size:
+            return
+        self.map.close()
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)
+        self.size, self.map = size, mmap.mmap(self.fd, size)
+
+    def write(self, result: Any) -> tuple[bytes, list[tuple[int, int]], int]:
+        """(child) ``result``'s arrays into the file; returns what the pipe carries."""
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+        views = [b.raw() for b in buffers]
+        spans, end = [], 0
+        for view in views:
+            spans.append((end, view.nbytes))
+            end += -(-view.nbytes // _ALIGN) * _ALIGN
+        self._ensure(end)
+        for (start, length), view in zip(spans, views):
+            self.map[start : start + length] = view
+        return data, spans, self.size
+
+    def read(self, message: tuple[bytes, list[tuple[int, int]], int]) -> Any:
+        """(owner) The result :meth:`write` sent, its arrays copied out of the file."""
+        data, spans, size = message
+        self._ensure(size)
+        import numpy as np
+
+        end = max((start + length for start, length in spans), default=0)
+        # One copy into memory the result owns (writable). np.empty, unlike a
+        # bytearray, neither zeroes it nor faults fresh pages in each time.
+        owned = np.empty(end, np.uint8)
+        owned[:] = np.frombuffer(self.map, np.uint8, end)
+        whole = memoryview(owned)
+        return pickle.loads(data, buffers=[whole[s : s + n] for s, n in spans])
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def _attach_buffer(dupfd, size: int) -> ResultBuffer:
+    return ResultBuffer(dupfd.detach(), size)
+
+
+def _child_main(conn, make_target, env: dict[str, str], owner: int,
+                results: ResultBuffer | None = None) -> None:  # fmt: skip
     """A child's life: its owner's environment, a target built once, then one
-    item at a time until ``None`` or a closed connection."""
+    item at a time until ``None`` or a closed connection. Results go through
+    ``results`` where the owner gave one."""
     os.environ.clear()
     os.environ.update(env)
     # A child starts no process of its own. Numba takes a multiprocessing
@@ -127,10 +237,12 @@ def _child_main(conn, make_target, env: dict[str, str], owner: int) -> None:
             # Nothing to flush: skip the interpreter's teardown of the decoders.
             os._exit(0)
         try:
-            answer = ("ok", target(item))
+            value = target(item)
+            answer = ("ok", value) if results is None else ("shared", results.write(value))
         except Exception as err:
             answer = ("raised", failure(err))
         conn.send(answer)
+        value = answer = None  # free the result before the next item
 
 
 def _exit_with(owner: int, interval_s: float = 0.5) -> None:
@@ -156,6 +268,8 @@ def _exit_with(owner: int, interval_s: float = 0.5) -> None:
 class IsolatedWorker:
     """Runs ``target(item)`` in a child process, where ``target =
     make_target()`` was built once per child. One caller at a time.
+    ``import_main=False``: the child does not re-run the owner's main module
+    (``make_target`` must not live there).
 
     :meth:`run` returns ``(True, result)``, or ``(False, (reason, kind))``
     when the target raised, the child died ``max_attempts`` times, timed out
@@ -164,15 +278,17 @@ class IsolatedWorker:
 
     def __init__(self, make_target: Callable[[], Callable[[Any], Any]], *,
                  timeout_s: float | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 preload: tuple[str, ...] = ()):  # fmt: skip
+                 preload: tuple[str, ...] = (), import_main: bool = True):  # fmt: skip
         check_isolation("process", max_attempts)
         self.make_target = make_target
         self.preload = tuple(preload)
+        self.import_main = import_main
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self._proc = None
         self._conn = None
         self._ready = False
+        self._results = ResultBuffer.create()
         # Children this worker had to replace, by cause (for tests and logs).
         self.restarts = {"crashed": 0, "timed_out": 0, "start_failed": 0}
         self.start_backoff_s = START_BACKOFF_S
@@ -190,8 +306,10 @@ class IsolatedWorker:
         context = child_context(self.preload)
         env = {**os.environ, **fake_environment()}
         ours, theirs = context.Pipe()
-        proc = context.Process(target=_child_main, args=(theirs, self.make_target, env,
-                                                        os.getpid()), daemon=True)  # fmt: skip
+        name = None if self.import_main else CHILD_NAME
+        proc = context.Process(target=_child_main, name=name, daemon=True,
+                               args=(theirs, self.make_target, env, os.getpid(),
+                                     self._results))  # fmt: skip
         try:
             proc.start()
         except Exception as err:  # the target cannot be pickled, say
@@ -261,10 +379,15 @@ class IsolatedWorker:
     def close(self) -> None:
         """Stop the child."""
         self._stop(kill=False)
+        if self._results is not None:
+            self._results.close()
+            self._results = None
 
     def __del__(self) -> None:
         try:
             self._stop(kill=True)
+            if self._results is not None:
+                self._results.close()
         except Exception:
             pass
 
@@ -295,6 +418,8 @@ class IsolatedWorker:
                 self.restarts["crashed"] += 1
                 deaths.append(describe_exit(code))
                 continue
+            if kind == "shared":
+                return True, self._results.read(value)
             return kind == "ok", value
         return False, (
             f"{name}: the decoder process died on each of {len(deaths)} attempts "
@@ -307,12 +432,17 @@ class IsolatedPool:
     """``size`` :class:`IsolatedWorker` children shared by threads: each call
     takes a free child for the duration of one item."""
 
-    def __init__(self, make_target, size: int, *, timeout_s, max_attempts, preload=()):
+    def __init__(self, make_target, size: int, *, timeout_s, max_attempts, preload=(),
+                 import_main: bool = True):  # fmt: skip
         import queue
 
         self.workers = [
             IsolatedWorker(
-                make_target, timeout_s=timeout_s, max_attempts=max_attempts, preload=preload
+                make_target,
+                timeout_s=timeout_s,
+                max_attempts=max_attempts,
+                preload=preload,
+                import_main=import_main,
             )  # fmt: skip
             for _ in range(size)
         ]
@@ -377,6 +507,6 @@ def contained(in_process: Callable[[], Callable[[Any], Any]],
     if isolation == "none":
         return InProcess(in_process)
     pool = IsolatedPool(in_child, size, timeout_s=timeout_s, max_attempts=max_attempts,
-                        preload=preload)  # fmt: skip
+                        preload=preload, import_main=False)  # fmt: skip
     pool.start()
     return pool
