@@ -10,8 +10,9 @@ Each way writes N and then 3N videos (the clips of VIDEO_DIR linked again and
 again under names of their own) in one local Ray (2 CPUs); the driver's CPU
 per row is the difference of the two runs' driver CPU (this process's user +
 system time: Ray's core worker threads included, its raylet and workers not)
-over 2N, so start-up costs cancel; rows/s is the 3N run's, start-up included. The ways, each on the same pipeline (T=16, S=224, k=2048,
-bf16, one fused actor per CPU):
+over 2N, so start-up costs cancel; rows/s is the 3N run's, start-up
+included. The ways, each on the same pipeline (T=16, S=224, k=2048, bf16,
+one fused actor per CPU):
 
 - ``write_shards``: cps_ray's writer (workers write the shards, the driver
   commits small records);

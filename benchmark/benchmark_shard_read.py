@@ -49,8 +49,8 @@ def main() -> None:
 
     import ray
 
+    from cps_ray._store import OutputRoot, read_output
     from cps_ray.pipeline import shard_dataset
-    from cps_ray.pipeline._output import OutputRoot, read_output
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -204,7 +204,7 @@ def _job_rows(output: str, paths: list[str]) -> list[dict[str, Any]]:
     patches, and its errors table), in the order of ``paths``."""
     import pyarrow.parquet as pq
 
-    from .pipeline._output import OutputRoot, iter_errors, read_output
+    from ._store import OutputRoot, iter_errors, read_output
 
     wanted = {os.path.abspath(p): p for p in paths}  # the job's rows name absolute paths
     output = OutputRoot(output)

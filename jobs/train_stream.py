@@ -208,7 +208,7 @@ def _summary(workers: list[dict], fit_seconds: float) -> dict:
 def build_dataset(args, **pool_options):
     """(dataset, config, whether it is shards): the shards of a preprocess
     output (a folder or URI holding a manifest), or the live pipeline."""
-    from cps_ray.pipeline._output import read_manifest
+    from cps_ray._store import read_manifest
 
     try:
         manifest = read_manifest(args.input)

@@ -462,8 +462,8 @@ def test_isolation_none_poison_file_fails_the_run_instead_of_looping(ray_session
 
 def test_job_accounts_for_every_input_with_a_crashing_decoder(ray_session, media, tmp_path):
     """The job's output: inputs = ok rows (shards) + error rows, no duplicates."""
+    from cps_ray._store import iter_shard_paths, read_errors, read_output
     from cps_ray.jobs import run_preprocess
-    from cps_ray.pipeline._output import iter_shard_paths, read_errors, read_output
 
     broken = sorted(n for n in media if n.startswith("broken/"))
     names = GOOD + broken

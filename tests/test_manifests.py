@@ -10,8 +10,9 @@ import pytest
 from pools import ONE_ACTOR
 
 from cps_ray import ConfigError, PatchStreamConfig
+from cps_ray._store import PathSet
 from cps_ray.pipeline._inputs import Manifest, input_paths
-from cps_ray.pipeline._output import Ledger, PathSet
+from cps_ray.pipeline._output import Ledger
 
 CFG = PatchStreamConfig(sequence_length=4, input_size=28, patch_size=14, k_keep=6)
 

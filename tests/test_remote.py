@@ -343,7 +343,7 @@ def test_a_write_to_the_store_stopped_halfway_then_resumed_holds_a_clean_writes_
     import ray
 
     from cps_ray import write_shards
-    from cps_ray.pipeline._output import read_errors, read_output
+    from cps_ray._store import read_errors, read_output
 
     env = {"env_vars": {k: os.environ[k] for k in _AWS}}
     paths = [f"s3://videos/v{i:02d}.mp4" for i in range(12)]
@@ -355,7 +355,7 @@ def test_a_write_to_the_store_stopped_halfway_then_resumed_holds_a_clean_writes_
         if any(p in bad for p in batch["path"]):
             import time
 
-            from cps_ray.pipeline._output import read_output
+            from cps_ray._store import read_output
 
             deadline = time.monotonic() + 120
             while not read_output("s3://out/resumed").shards and time.monotonic() < deadline:

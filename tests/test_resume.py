@@ -21,13 +21,8 @@ from local_ray_head import psutil, session_processes
 from pools import ONE_ACTOR, ONE_ACTOR_ARGS
 
 from cps_ray import OutputNotEmptyError, PatchStreamConfig, write_shards
+from cps_ray._store import failures_to_retry, iter_shard_paths, read_errors, read_output
 from cps_ray.jobs import preprocess_main, run_preprocess
-from cps_ray.pipeline._output import (
-    failures_to_retry,
-    iter_shard_paths,
-    read_errors,
-    read_output,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--sequence-length", "4", "--input-size", "28", "--patch-size", "14", "--k-keep", "10"]

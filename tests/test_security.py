@@ -14,14 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cps_ray import OutputPathError, PatchStreamConfig, local_stream, write_shards
+from cps_ray._store import OutputRoot, read_errors, read_output
 from cps_ray.errors import printable_path
 from cps_ray.jobs import find_inputs, preprocess_main
 from cps_ray.pipeline._inputs import input_paths as resolve_inputs
-from cps_ray.pipeline._output import (
-    OutputRoot,
-    read_errors,
-    read_output,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PatchStreamConfig(sequence_length=2, input_size=28, patch_size=14, k_keep=4)

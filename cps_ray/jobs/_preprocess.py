@@ -19,13 +19,9 @@ from typing import Any
 from .._config import PatchStreamConfig
 from .._remote import redact
 from .._rows import row_path
-from ..errors import ConfigError, CpsRayError, EnergyRuleError, JobError
-from ..pipeline._inputs import input_paths, input_spec, list_on_cluster, tidy
-from ..pipeline._output import (
-    DEFAULT_ROWS_PER_SHARD,
+from .._store import (
     OutputRoot,
     WrittenOutput,
-    admit_block,
     check_resumable,
     done_set,
     energy_rule,
@@ -33,6 +29,12 @@ from ..pipeline._output import (
     iter_errors,
     output_lock,
     read_output,
+)
+from ..errors import ConfigError, CpsRayError, EnergyRuleError, JobError
+from ..pipeline._inputs import input_paths, input_spec, list_on_cluster, tidy
+from ..pipeline._output import (
+    DEFAULT_ROWS_PER_SHARD,
+    admit_block,
     screen_listing,
     start_ledger,
     write_shards,
