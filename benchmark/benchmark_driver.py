@@ -27,8 +27,8 @@ one fused actor per CPU):
 The bytes the driver receives per row are those of the write records it
 commits (pickled), against a row's own size (what a driver consuming the
 rows with ``iter_batches`` would receive). ``--cluster`` runs
-``write_shards`` on a simulated two-node cluster (``ray.cluster_utils``) and
-prints which node and process wrote each shard. Prints a table and writes
+``write_shards`` on a simulated two-node cluster (``ray.cluster_utils``; 8
+rows per shard) and prints which node and process wrote each shard. Prints a table and writes
 JSON; nothing here is asserted by tests.
 """
 
@@ -146,7 +146,8 @@ def cluster_run(paths: list[str], cfg, folder: str) -> dict:
 
     driver_node = ray.get_runtime_context().get_node_id()[:12]
     manifest = write_shards(patch_dataset(paths, cfg, fuse=True, decode_pool=2),
-                            tempfile.mkdtemp(dir=folder), config=cfg)  # fmt: skip
+                            tempfile.mkdtemp(dir=folder), config=cfg,
+                            rows_per_shard=8)  # fmt: skip
     ray.shutdown()
     cluster.shutdown()
     return {"driver": f"{driver_node} pid {os.getpid()}", "writers": manifest["run"]["writers"]}
