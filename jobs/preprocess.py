@@ -24,7 +24,7 @@ except ImportError:  # a checkout whose package is not installed: use it, here a
 from cps_ray.jobs import preprocess_main  # noqa: E402
 
 if __name__ == "__main__":
-    from cps_ray._stderr import drop_ray_53727
+    from cps_ray.jobs import drop_ray_53727
 
     drop_ray_53727()
     raise SystemExit(preprocess_main(sys.argv[1:], prog="preprocess.py"))

@@ -1,7 +1,8 @@
 """The package's layout rules, read from the source (nothing imported):
-modules private unless public by name, none over 600 lines, Ray only in the pipeline and the jobs, and imports that
-run one way: entry points -> pipeline -> core -> decode and select ->
-configuration (``docs/architecture.md``)."""
+modules private unless public by name, none over 600 lines, Ray only in
+the pipeline and the jobs, and imports that run one way: entry points ->
+pipeline -> core -> decode and select -> configuration
+(``docs/architecture.md``)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ Paths are data: they are listed, globbed and handed to the decoders, never
 to a shell.
 """
 
+from .._stderr import drop_ray_53727
+from .._store import read_manifest
 from ..errors import JobError
 from ._options import add_pipeline_flags, non_negative_int, pipeline_from_flags, positive_int
 from ._preprocess import (
@@ -22,11 +24,13 @@ __all__ = [
     "JobError",
     "add_pipeline_flags",
     "connect_ray",
+    "drop_ray_53727",
     "find_inputs",
     "non_negative_int",
     "pipeline_from_flags",
     "positive_int",
     "preprocess_main",
+    "read_manifest",
     "run_entry_point",
     "run_preprocess",
     "summarize_preprocess",
