@@ -1,7 +1,7 @@
 """Small clips, one at a time, one thread: decode_only against decord and
 torchcodec (issue 40, "Decode small clips fast").
 
-    python benchmark/benchmark_decode_small.py --make /work/main/.cache/photo_clips OUT
+    python benchmark/benchmark_decode_small.py --make .cache/photo_clips OUT
     python benchmark/benchmark_decode_small.py OUT/360p OUT/720p --rounds 7 \\
         --base /path/to/older/checkout --json benchmark/out/decode_small.json
 

@@ -72,30 +72,34 @@ def random_tokens(frames: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray
     return patches, fields
 
 
-class DecordTokens:
+class UserTokens:
+    """A user's ``map_batches`` stage: each path's frames (:meth:`frames`,
+    uint8 ``[T, S, S, 3]``) to random tokens."""
+
+    def __call__(self, batch: dict) -> dict:
+        tokens = [random_tokens(self.frames(str(path)), str(path)) for path in batch["path"]]
+        return {
+            "path": batch["path"],
+            "patches": np.stack([p for p, _ in tokens]),
+            "meta_fields": np.stack([f for _, f in tokens]),
+        }
+
+
+class DecordTokens(UserTokens):
     def __init__(self, height: int, width: int):
         import decord
 
         self.decord, self.height, self.width = decord, height, width
 
-    def __call__(self, batch: dict) -> dict:
-        patches, fields = [], []
-        for path in batch["path"]:
-            reader = self.decord.VideoReader(str(path), width=self.width, height=self.height)
-            idx = np.round(np.linspace(0, len(reader) - 1, T)).astype(np.int64)
-            hwc = reader.get_batch(idx.tolist()).asnumpy()  # [T, h, w, 3]
-            top, left = (hwc.shape[1] - S) // 2, (hwc.shape[2] - S) // 2
-            p, f = random_tokens(hwc[:, top : top + S, left : left + S], str(path))
-            patches.append(p)
-            fields.append(f)
-        return {
-            "path": batch["path"],
-            "patches": np.stack(patches),
-            "meta_fields": np.stack(fields),
-        }
+    def frames(self, path: str) -> np.ndarray:
+        reader = self.decord.VideoReader(path, width=self.width, height=self.height)
+        idx = np.round(np.linspace(0, len(reader) - 1, T)).astype(np.int64)
+        hwc = reader.get_batch(idx.tolist()).asnumpy()  # [T, h, w, 3]
+        top, left = (hwc.shape[1] - S) // 2, (hwc.shape[2] - S) // 2
+        return hwc[:, top : top + S, left : left + S]
 
 
-class TorchcodecTokens:
+class TorchcodecTokens(UserTokens):
     def __init__(self, height: int, width: int):
         from torchcodec.decoders import VideoDecoder
         from torchcodec.transforms import CenterCrop, Resize
@@ -103,21 +107,11 @@ class TorchcodecTokens:
         self.decoder = VideoDecoder
         self.transforms = [Resize((height, width)), CenterCrop((S, S))]
 
-    def __call__(self, batch: dict) -> dict:
-        patches, fields = [], []
-        for path in batch["path"]:
-            decoder = self.decoder(str(path), transforms=self.transforms)
-            n = decoder.metadata.num_frames
-            idx = np.round(np.linspace(0, n - 1, T)).astype(np.int64)
-            chw = decoder.get_frames_at(idx.tolist()).data.numpy()  # [T, 3, S, S]
-            p, f = random_tokens(chw.transpose(0, 2, 3, 1), str(path))
-            patches.append(p)
-            fields.append(f)
-        return {
-            "path": batch["path"],
-            "patches": np.stack(patches),
-            "meta_fields": np.stack(fields),
-        }
+    def frames(self, path: str) -> np.ndarray:
+        decoder = self.decoder(path, transforms=self.transforms)
+        n = decoder.metadata.num_frames
+        idx = np.round(np.linspace(0, n - 1, T)).astype(np.int64)
+        return decoder.get_frames_at(idx.tolist()).data.numpy().transpose(0, 2, 3, 1)
 
 
 def user_dataset(ray, paths, stage, size_hw, cpus: int):

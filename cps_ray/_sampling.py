@@ -51,3 +51,42 @@ def assign_by_time(targets: np.ndarray, frame_pts: np.ndarray) -> np.ndarray:
     """
     positions = np.searchsorted(frame_pts, targets, side="right") - 1
     return np.clip(positions, 0, len(frame_pts) - 1).astype(np.int64)
+
+
+def walk_guess(strategy: str, begin_seconds: float, end_seconds: float, num_frames: int,
+               sequence_length: int):  # fmt: skip
+    """A frame-by-frame walk's first guess at ``strategy``'s frames from the
+    header's span and frame count: keep(pos, pts, next_pts) (``next_pts``
+    the next frame's pts, None for the last). For ``time``, a frame some
+    target falls in, and the first frame when a target comes before it."""
+    if strategy != "time":
+        guess = set(index_positions(max(num_frames, 1), sequence_length).tolist())
+        return lambda pos, pts, next_pts: pos in guess
+    targets = time_targets(begin_seconds, end_seconds, sequence_length)
+
+    def keep(pos: int, pts: float, next_pts: float | None) -> bool:
+        if pos == 0 and targets[0] < pts:
+            return True
+        lo = np.searchsorted(targets, pts, side="left")
+        if lo >= len(targets):
+            return False
+        return next_pts is None or targets[lo] < next_pts
+
+    return keep
+
+
+def walked_positions(all_pts: np.ndarray, last_duration: float, strategy: str,
+                     sequence_length: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(ranks, decode positions)`` of ``strategy``'s frames among frames
+    walked in decode order with pts ``all_pts``: ranks in display order,
+    positions in the walk's order (B-frames or broken timestamps leave the
+    pts unsorted)."""
+    order = np.argsort(all_pts, kind="stable")
+    sorted_pts = all_pts[order]
+    if strategy == "time":
+        end = sorted_pts[-1] + max(last_duration, 0.0)
+        targets = time_targets(sorted_pts[0], end, sequence_length)
+        ranks = assign_by_time(np.minimum(targets, sorted_pts[-1]), sorted_pts)
+    else:
+        ranks = index_positions(len(all_pts), sequence_length)
+    return ranks, order[ranks]

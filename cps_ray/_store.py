@@ -3,8 +3,8 @@
 ``.lock``), the lock that lets one run write it, and what it holds (read a
 footer at a time; the paths as a :class:`PathSet` of digests). Every file
 is written under a temporary name, moved into place, and named through
-:meth:`OutputRoot.path`, which keeps it inside ``OUT``. The write itself is
-:mod:`cps_ray.pipeline._output`.
+:meth:`OutputRoot.path`, which keeps it inside ``OUT``. The write itself
+(a Ray Data ``Datasink``) is the pipeline's, built on this module.
 """
 
 from __future__ import annotations

@@ -65,6 +65,13 @@ GOOD = {
     "gop250.ts": lavfi(seconds=12) + X264 + ["-crf", "40", "-g", "250", "-f", "mpegts"],
 }
 
+# The codecs, bit depths, chromas and odd sizes every CPU decode test covers.
+CODEC_FILES = [
+    "h264.mp4", "hevc.mkv", "vp9.webm", "av1.mkv", "mpeg2.mpg", "mpeg4.avi",
+    "h264_10bit.mp4", "hevc_12bit.mkv", "h264_444.mp4", "odd_97x71.webm",
+    "odd444_97x71.mp4", "portrait_64x112.mp4", "nonzero_start.ts",
+]  # fmt: skip
+
 # NVDEC-sized media for the `gpu` tests (tests/test_gpu.py): NVDEC refuses
 # frames below a codec's minimum (HEVC 144x144, VP9 and AV1 128x128), which
 # the small files above are. 320x256, one second; made only where asked.

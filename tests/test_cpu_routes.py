@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from decoded import full_decode
+from media import CODEC_FILES
 from test_decode import _ffmpeg_frames
 
 from cps_ray._decode import RESIZE_POLICY, decode_frames
@@ -22,26 +23,7 @@ from cps_ray._guards import Limits
 REPO = Path(__file__).resolve().parents[1]
 
 # Files the plan serves; the frame-by-frame route must give the same bits.
-PLANNED = [
-    "h264.mp4",
-    "hevc.mkv",
-    "vp9.webm",
-    "av1.mkv",
-    "mpeg2.mpg",
-    "mpeg4.avi",
-    "h264_10bit.mp4",
-    "hevc_12bit.mkv",
-    "h264_444.mp4",
-    "odd_97x71.webm",
-    "odd444_97x71.mp4",
-    "portrait_64x112.mp4",
-    "rot90.mp4",
-    "long_gop.mp4",
-    "vfr.mp4",
-    "nonzero_start.ts",
-    "image.png",
-    "image.jpg",
-]
+PLANNED = [*CODEC_FILES, "rot90.mp4", "long_gop.mp4", "vfr.mp4", "image.png", "image.jpg"]
 
 
 def _cpu(path, strategy="index", input_size=None, *, plan=True, num_threads=1):

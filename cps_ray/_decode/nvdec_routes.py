@@ -120,56 +120,23 @@ def _walk(
     return kept, np.asarray(all_pts, dtype=np.float64), last_duration
 
 
-def _time_keep(targets: np.ndarray) -> Callable[[int, float, float | None], bool]:
-    def keep(pos: int, pts: float, next_pts: float | None) -> bool:
-        if pos == 0 and targets[0] < pts:
-            return True
-        lo = np.searchsorted(targets, pts, side="left")
-        if lo >= len(targets):
-            return False
-        return next_pts is None or targets[lo] < next_pts
-
-    return keep
-
-
 def _sample_sequential(
     open_decoder, strategy: str, sequence_length: int, hint_decoder, limits: Limits
 ):
     md = hint_decoder.metadata if hint_decoder is not None else None
-    if strategy == "time":
-        begin = md.begin_stream_seconds if md is not None else None
-        end = md.end_stream_seconds if md is not None else None
-        guess_targets = sampling.time_targets(begin or 0.0, end or 0.0, sequence_length)
-        keep = _time_keep(guess_targets)
-    else:
-        n_hint = md.num_frames if md is not None and md.num_frames else 1
-        guess = set(sampling.index_positions(int(n_hint), sequence_length).tolist())
-
-        def keep(pos, pts, next_pts):
-            return pos in guess
-
+    keep = sampling.walk_guess(
+        strategy,
+        (md.begin_stream_seconds if md is not None else None) or 0.0,
+        (md.end_stream_seconds if md is not None else None) or 0.0,
+        int(md.num_frames) if md is not None and md.num_frames else 1,
+        sequence_length,
+    )
     kept, all_pts, last_duration = _walk(open_decoder, keep, limits)
     if len(all_pts) == 0:
         raise CannotServe("no frame could be decoded")
-    # Display order: B-frames can leave pts unsorted in decode order.
-    order = np.argsort(all_pts, kind="stable")
-    if not np.array_equal(order, np.arange(len(all_pts))):
-        # Positions were counted in decode order; fall back to a second pass
-        # keyed by display rank.
-        rank_of_decode = np.empty_like(order)
-        rank_of_decode[order] = np.arange(len(order))
-    else:
-        rank_of_decode = None
-    sorted_pts = all_pts[order]
     n = len(all_pts)
-    if strategy == "time":
-        end = sorted_pts[-1] + max(last_duration, 0.0)
-        targets = sampling.time_targets(sorted_pts[0], end, sequence_length)
-        targets = np.minimum(targets, sorted_pts[-1])
-        ranks = sampling.assign_by_time(targets, sorted_pts)
-    else:
-        ranks = sampling.index_positions(n, sequence_length)
-    decode_pos = ranks if rank_of_decode is None else order[ranks]
+    ranks, decode_pos = sampling.walked_positions(all_pts, last_duration, strategy,
+                                                  sequence_length)  # fmt: skip
     wanted = set(decode_pos.tolist())
     if not wanted.issubset(kept):
         kept, _, _ = _walk(open_decoder, lambda pos, pts, nxt: pos in wanted, limits)

@@ -128,18 +128,6 @@ def _seconds(frame, tb: float, before: list[float]) -> float:
     return before[-1] + (tb or 1e-3) if before else 0.0
 
 
-def _time_keep(targets: np.ndarray) -> Keep:
-    def keep(pos: int, pts: float, next_pts: float | None) -> bool:
-        if pos == 0 and targets[0] < pts:
-            return True
-        lo = np.searchsorted(targets, pts, side="left")
-        if lo >= len(targets):
-            return False
-        return next_pts is None or targets[lo] < next_pts
-
-    return keep
-
-
 def decode_sequential(req: Request, strategy: str, hints: HeaderHints, convert):
     """(positions, frames, timestamps, num_frames) of ``strategy``'s frames
     (``index``, ``time`` or ``auto``) by decoding ``req``'s stream frame by
@@ -149,29 +137,13 @@ def decode_sequential(req: Request, strategy: str, hints: HeaderHints, convert):
     Raises :class:`CannotServe` where no frame can be decoded.
     """
     t = req.sequence_length
-    if strategy == "time":
-        keep = _time_keep(sampling.time_targets(hints.begin_seconds, hints.end_seconds, t))
-    else:
-        guess = set(sampling.index_positions(max(hints.num_frames, 1), t).tolist())
-
-        def keep(pos, pts, next_pts):
-            return pos in guess
-
+    keep = sampling.walk_guess(strategy, hints.begin_seconds, hints.end_seconds,
+                               hints.num_frames, t)  # fmt: skip
     kept, all_pts, last_duration = _walk(req, keep, convert)
     if len(all_pts) == 0:
         raise CannotServe("no frame could be decoded")
-    # Display order: broken timestamps can leave pts unsorted in output order.
-    order = np.argsort(all_pts, kind="stable")
     n = len(all_pts)
-    sorted_pts = all_pts[order]
-    if strategy == "time":
-        end = sorted_pts[-1] + max(last_duration, 0.0)
-        targets = sampling.time_targets(sorted_pts[0], end, t)
-        targets = np.minimum(targets, sorted_pts[-1])
-        ranks = sampling.assign_by_time(targets, sorted_pts)
-    else:
-        ranks = sampling.index_positions(n, t)
-    decode_pos = order[ranks]
+    ranks, decode_pos = sampling.walked_positions(all_pts, last_duration, strategy, t)
     wanted = set(decode_pos.tolist())
     if not wanted.issubset(kept.frames):
         # The header's count was wrong: walk again for exactly the wanted
